@@ -1,0 +1,5 @@
+"""Lightning data modules (no torchvision)."""
+
+from lightning_ot.data.digits import DigitsDataModule
+
+__all__ = ["DigitsDataModule"]

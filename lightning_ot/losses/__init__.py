@@ -1,0 +1,26 @@
+"""The hinge-Kantorovich-Rubinstein loss family, in functional and ``nn.Module`` forms."""
+
+from lightning_ot.losses import functional
+from lightning_ot.losses.conversion import (
+    HKRParameters,
+    from_deel_lip,
+    from_deel_torchlip,
+    to_deel_lip,
+    to_deel_torchlip,
+)
+from lightning_ot.losses.functional import HKRTerms
+from lightning_ot.losses.modules import HingeMarginLoss, HKRLoss, KRLoss, SoftHKRLoss
+
+__all__ = [
+    "HKRLoss",
+    "HKRParameters",
+    "HKRTerms",
+    "HingeMarginLoss",
+    "KRLoss",
+    "SoftHKRLoss",
+    "from_deel_lip",
+    "from_deel_torchlip",
+    "functional",
+    "to_deel_lip",
+    "to_deel_torchlip",
+]

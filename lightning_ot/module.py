@@ -1,0 +1,237 @@
+"""``OTClassifier``: any 1-Lipschitz backbone trained with the hKR loss family, as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_ot.losses import HKRLoss, SoftHKRLoss
+from lightning_ot.metrics import CertifiedRobustAccuracy, certified_radius, predicted_labels
+from lightning_ot.metrics.certification import OutputLipschitz
+from lightning_ot.nn import input_lipschitz_factor
+
+__all__ = ["OTClassifier"]
+
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _is_plain_data(value: Any) -> bool:
+    """Whether ``value`` is made of str/int/float/bool/None, lists and dicts only (safe to checkpoint)."""
+    if isinstance(value, _PLAIN_TYPES):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_is_plain_data(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _is_plain_data(item) for key, item in value.items())
+    return False
+
+
+class OTClassifier(pl.LightningModule):
+    """Train a 1-Lipschitz ``backbone`` as an optimal-transport classifier with the hKR loss.
+
+    Every prediction comes with a certified L2 robustness radius (see
+    :func:`~lightning_ot.metrics.certified_radius`), and the input gradient of the trained network is
+    the transport direction between the classes (see :mod:`lightning_ot.explain`).
+
+    Args:
+        backbone: any ``nn.Module`` mapping a batch of inputs to (B, 1) logits (binary hKR) or (B, C)
+            logits. It must be ``lipschitz``-Lipschitz in the L2 norm.
+        num_classes: number of classes in the data (2 for binary; then the backbone may output 1 or 2
+            values).
+        loss: a loss module with ``forward(logits, target)``; if it has ``terms(logits, target)``
+            (every loss in :mod:`lightning_ot.losses` does), its KR and hinge parts are logged too.
+            Default: :class:`~lightning_ot.losses.HKRLoss` for 2 classes,
+            :class:`~lightning_ot.losses.SoftHKRLoss` otherwise.
+        optimizer: a callable building the optimizer from the parameters (LightningCLI fills it from
+            ``--optimizer``); default Adam with learning rate ``1e-3``.
+        lr_scheduler: optional callable building a scheduler from the optimizer.
+        lipschitz: the backbone's Lipschitz constant, used for certificates. Default: 1 times the
+            ``lipschitz_factor`` of any input normalization layer inside the backbone.
+        output_lipschitz: ``"joint"`` if the whole output vector is ``lipschitz``-Lipschitz (true for
+            this project's backbones), ``"per_output"`` if only each output is.
+        certified_eps: radii at which certified robust accuracy is logged.
+
+    Subclass and override :meth:`compute_loss` or :meth:`certified_radius` to change the loss or the
+    certificate without touching the training loop.
+
+    Example:
+        >>> from lightning_ot.models import LipschitzMLP
+        >>> model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(32,)), num_classes=10)
+        >>> model(torch.rand(4, 1, 8, 8)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        loss: nn.Module | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lipschitz: float | None = None,
+        output_lipschitz: OutputLipschitz = "joint",
+        certified_eps: Sequence[float] = (0.1, 0.25, 0.5),
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"`num_classes` must be >= 2 (2 for a binary task), got {num_classes}")
+        if lipschitz is not None and (lipschitz <= 0 or not math.isfinite(lipschitz)):
+            raise ValueError(f"`lipschitz` must be a positive finite number, got {lipschitz}")
+        # Keep only hyper-parameters that are plain data: modules given as objects are not pickled into
+        # checkpoints (under LightningCLI they are their `class_path`/`init_args` config, which is kept).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        self.remove_ignored_hparams([key for key, value in self.hparams.items() if not _is_plain_data(value)])
+
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.loss = loss if loss is not None else (HKRLoss() if num_classes == 2 else SoftHKRLoss())
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lipschitz = float(lipschitz) if lipschitz is not None else input_lipschitz_factor(backbone)
+        self.output_lipschitz = output_lipschitz
+        self.certified_eps = [float(eps) for eps in certified_eps]
+
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_certified = CertifiedRobustAccuracy(self.certified_eps, self.lipschitz, output_lipschitz)
+        self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.test_certified = CertifiedRobustAccuracy(self.certified_eps, self.lipschitz, output_lipschitz)
+        self._output_width_checked = False
+
+    # ----------------------------------------------------------------------------------------------
+    # What a subclass overrides
+    # ----------------------------------------------------------------------------------------------
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.backbone(input)
+
+    def compute_loss(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The loss to minimize under ``"loss"``, plus any components to log (``"kr"``, ``"hinge"``).
+
+        Args:
+            logits: (B, 1) or (B, C) backbone outputs.
+            target: (B,) labels.
+        """
+        terms = getattr(self.loss, "terms", None)
+        if terms is None:
+            return {"loss": self.loss(logits, target)}
+        return terms(logits, target)._asdict()
+
+    def certified_radius(self, logits: Tensor) -> Tensor:
+        """(B,) certified L2 radius of each prediction."""
+        return certified_radius(logits, self.lipschitz, self.output_lipschitz)
+
+    def predict_labels(self, logits: Tensor) -> Tensor:
+        """(B,) predicted class indices."""
+        return predicted_labels(logits)
+
+    # ----------------------------------------------------------------------------------------------
+    # Checks
+    # ----------------------------------------------------------------------------------------------
+
+    def _check_output_width(self, logits: Tensor) -> None:
+        if self._output_width_checked:
+            return
+        allowed = (1, 2) if self.num_classes == 2 else (self.num_classes,)
+        if logits.ndim != 2 or logits.shape[1] not in allowed:
+            raise ValueError(
+                f"the backbone returns logits of shape {tuple(logits.shape)} but num_classes="
+                f"{self.num_classes} needs (B, {' or '.join(map(str, allowed))}): change the backbone's "
+                "number of outputs or `num_classes`"
+            )
+        self._output_width_checked = True
+
+    def _binary_as_index(self, target: Tensor) -> Tensor:
+        target = target.reshape(-1)
+        return (target > 0).long() if self.num_classes == 2 else target.long()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ValueError(
+                f"the data module has {data_classes} classes but the model was built with num_classes="
+                f"{self.num_classes}; set `--model.num_classes {data_classes}` and a backbone with "
+                f"{1 if data_classes == 2 else data_classes} output(s)"
+            )
+
+    # ----------------------------------------------------------------------------------------------
+    # Lightning hooks
+    # ----------------------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        input, target = batch[0], batch[1]
+        logits = self(input)
+        self._check_output_width(logits)
+        terms = self.compute_loss(logits, target)
+        batch_size = input.shape[0]
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                prog_bar=(name == "loss"),
+                on_step=(stage == "train"),
+                on_epoch=True,
+                sync_dist=(stage != "train"),
+                batch_size=batch_size,
+            )
+        return logits, self._binary_as_index(target), terms
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        logits, target, terms = self._shared_step(batch, "train")
+        self.train_accuracy(self.predict_labels(logits.detach()), target)
+        self.log("train/acc", self.train_accuracy, on_step=False, on_epoch=True)
+        return terms["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        logits, target, _ = self._shared_step(batch, "val")
+        self.val_accuracy(self.predict_labels(logits), target)
+        self.val_certified.update(logits, target)
+        self.log("val/acc", self.val_accuracy, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_certified(self.val_certified, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        logits, target, _ = self._shared_step(batch, "test")
+        self.test_accuracy(self.predict_labels(logits), target)
+        self.test_certified.update(logits, target)
+        self.log("test/acc", self.test_accuracy)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_certified(self.test_certified, "test")
+
+    def _log_certified(self, metric: CertifiedRobustAccuracy, stage: str) -> None:
+        values = metric.compute()
+        for eps, value in zip(metric.eps, values, strict=True):
+            self.log(f"{stage}/certified_acc@{eps:g}", value)
+        metric.reset()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        input = batch[0] if isinstance(batch, list | tuple) else batch
+        logits = self(input)
+        return {
+            "logits": logits,
+            "prediction": self.predict_labels(logits),
+            "certified_radius": self.certified_radius(logits),
+        }
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
