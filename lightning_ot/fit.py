@@ -38,7 +38,7 @@ class SaveConfigToLoggers(SaveConfigCallback):
 
     W&B: the config becomes the run's config (searchable, comparable in the dashboard) and
     ``lightning_config.yaml`` among the run's files; other loggers: ``config.yaml`` in their log
-    directory; no logger: ``config.yaml`` in the trainer's root directory.
+    directory; no logger with a folder: ``config.yaml`` in the trainer's root directory.
     """
 
     def __init__(self, parser: Any, config: Any, **kwargs: Any) -> None:
@@ -55,7 +55,7 @@ class SaveConfigToLoggers(SaveConfigCallback):
                 paths.append(Path(logger.experiment.dir) / "lightning_config.yaml")
             elif logger.log_dir is not None:
                 paths.append(Path(logger.log_dir) / self.config_filename)
-        if not trainer.loggers:
+        if not paths:  # no logger, or none with a folder (fast_dev_run's dummy logger)
             paths.append(Path(trainer.default_root_dir) / self.config_filename)
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,9 @@ def _split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
         argument = argv[index]
         if argument == "--recipe":
             if index + 1 >= len(argv):
-                raise SystemExit("error: --recipe needs a name; available recipes: " + ", ".join(available_recipes()))
+                raise SystemExit(
+                    "error: --recipe needs a name; available recipes: " + ", ".join(available_recipes())
+                )
             recipe = argv[index + 1]
             index += 2
             continue

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,11 +17,6 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-
-
-@pytest.fixture(autouse=True)
-def _doctest_torch(doctest_namespace: dict) -> None:
-    doctest_namespace["torch"] = torch
 
 
 def run_module(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -61,7 +61,9 @@ class GroupSort(nn.Module):
         channels = input.shape[1]
         if channels % self.group_size:
             raise ValueError(f"GroupSort({self.group_size}) needs channels divisible by it, got {channels}")
-        grouped = input.reshape(input.shape[0], channels // self.group_size, self.group_size, *input.shape[2:])
+        grouped = input.reshape(
+            input.shape[0], channels // self.group_size, self.group_size, *input.shape[2:]
+        )
         return grouped.sort(dim=2, descending=True).values.reshape(input.shape)
 
     def extra_repr(self) -> str:

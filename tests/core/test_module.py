@@ -1,0 +1,186 @@
+"""OTClassifier: real training on digits, checkpoints, subclassing and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+
+from lightning_ot import OTClassifier
+from lightning_ot.data import DigitsDataModule
+from lightning_ot.losses import HKRLoss, SoftHKRLoss
+from lightning_ot.models import LipschitzMLP
+from lightning_ot.nn import Normalize
+
+
+def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
+    defaults = {
+        "default_root_dir": tmp_path,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "max_epochs": 6,
+    }
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[OTClassifier, DigitsDataModule, pl.Trainer, Path]:
+    tmp_path = tmp_path_factory.mktemp("trained")
+    pl.seed_everything(0)
+    data = DigitsDataModule(batch_size=64)
+    model = OTClassifier(
+        LipschitzMLP(64, 10, hidden_features=(128, 128)),
+        num_classes=10,
+        loss=SoftHKRLoss(margin=0.5, hinge_weight=10.0, temperature=10.0),
+        optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
+    )
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, datamodule=data)
+    return model, data, trainer, tmp_path
+
+
+def test_training_on_digits_beats_chance_by_far(trained) -> None:
+    model, _, trainer, _ = trained
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/acc"]) > 0.85  # chance is 0.10
+    certified = [float(metrics[f"val/certified_acc@{eps:g}"]) for eps in model.certified_eps]
+    assert certified == sorted(certified, reverse=True)  # larger radii certify fewer samples
+    assert 0.0 < certified[0] <= float(metrics["val/acc"])
+    assert float(metrics["train/kr_epoch"]) > 0.0  # the classes were pushed apart
+
+
+def test_certificates_hold_against_random_attacks(trained) -> None:
+    model, data, _, _ = trained
+    images, _ = next(iter(data.val_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+        radius = model.certified_radius(logits)
+        prediction = model.predict_labels(logits)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            noise = torch.nn.functional.normalize(
+                torch.randn(images.shape, generator=generator).flatten(1), dim=1
+            )
+            perturbed = images + 0.99 * radius[:, None, None, None] * noise.view_as(images)
+            assert bool((model.predict_labels(model(perturbed)) == prediction).all())
+
+
+def test_checkpoint_reloads_with_identical_predictions_and_loss_state(trained) -> None:
+    model, data, trainer, tmp_path = trained
+    path = tmp_path / "final.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # nothing but plain data and tensors
+    assert "loss.mean_abs_logit" in checkpoint["state_dict"]
+
+    restored = OTClassifier.load_from_checkpoint(
+        path,
+        weights_only=True,
+        backbone=LipschitzMLP(64, 10, hidden_features=(128, 128)),
+        loss=SoftHKRLoss(margin=0.5),
+    )
+    images, _ = next(iter(data.val_dataloader()))
+    model.eval()
+    restored.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), model(images))
+    torch.testing.assert_close(restored.loss.mean_abs_logit, model.loss.mean_abs_logit)
+    assert model.loss.mean_abs_logit.item() != pytest.approx(0.5)  # the running mean did move
+
+
+def test_resuming_fit_continues_where_it_stopped(trained, tmp_path: Path) -> None:
+    _, data, trainer, trained_path = trained
+    path = trained_path / "resume.ckpt"
+    trainer.save_checkpoint(path)
+    steps_before = trainer.global_step
+    model = OTClassifier(
+        LipschitzMLP(64, 10, hidden_features=(128, 128)), num_classes=10, loss=SoftHKRLoss(margin=0.5)
+    )
+    resumed = _trainer(tmp_path, max_epochs=7)
+    resumed.fit(model, datamodule=data, ckpt_path=path, weights_only=True)
+    assert resumed.current_epoch == 7
+    assert resumed.global_step == steps_before + steps_before // 6
+
+
+def test_binary_task_with_one_output() -> None:
+    pl.seed_everything(0)
+    data = DigitsDataModule(classes=[0, 8], batch_size=32)
+    model = OTClassifier(LipschitzMLP(64, 1, hidden_features=(64,)), num_classes=2)
+    assert isinstance(model.loss, HKRLoss)
+    trainer = pl.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=data)
+    assert float(trainer.callback_metrics["val/acc"]) > 0.95
+
+
+def test_lipschitz_constant_includes_input_normalization() -> None:
+    backbone = LipschitzMLP(64, 10, hidden_features=(16,), normalize_mean=[0.5], normalize_std=[0.25])
+    model = OTClassifier(backbone, num_classes=10)
+    assert model.lipschitz == pytest.approx(4.0)
+    assert model.val_certified.lipschitz == pytest.approx(4.0)
+    assert OTClassifier(nn.Sequential(Normalize([0.0], [0.5]), nn.Flatten()), num_classes=64).lipschitz == 2.0
+
+
+class MarginOnlyClassifier(OTClassifier):
+    """A subclass that changes the loss by overriding one method."""
+
+    def compute_loss(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = super().compute_loss(logits, target)
+        terms["doubled"] = 2 * terms["loss"]
+        terms["loss"] = terms["hinge"]
+        return terms
+
+
+def test_subclass_overrides_the_loss_without_copying_the_step(tmp_path: Path) -> None:
+    model = MarginOnlyClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+    trainer.fit(model, datamodule=DigitsDataModule())
+    assert {"train/doubled_epoch", "train/hinge_epoch", "val/doubled"} <= set(trainer.callback_metrics)
+    torch.testing.assert_close(
+        trainer.callback_metrics["train/loss_epoch"], trainer.callback_metrics["train/hinge_epoch"]
+    )
+
+
+def test_backbone_output_width_that_does_not_fit_is_a_clear_error(tmp_path: Path) -> None:
+    model = OTClassifier(LipschitzMLP(64, 3, hidden_features=(16,)), num_classes=10)
+    with pytest.raises(ValueError, match=r"logits of shape \(\d+, 3\) but num_classes=10"):
+        _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=DigitsDataModule())
+
+
+def test_data_with_other_class_count_is_a_clear_error(tmp_path: Path) -> None:
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+    with pytest.raises(ValueError, match="data module has 2 classes"):
+        _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=DigitsDataModule(classes=[3, 5]))
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        OTClassifier(nn.Linear(2, 1), num_classes=1)
+    with pytest.raises(ValueError, match="lipschitz"):
+        OTClassifier(nn.Linear(2, 1), num_classes=2, lipschitz=-1.0)
+
+
+def test_non_finite_inputs_stop_training_with_a_clear_error(tmp_path: Path) -> None:
+    class NaNData(DigitsDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            self.train_dataset.tensors[0][:] = float("nan")
+
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+    with pytest.raises(ValueError, match="non-finite"):
+        _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=NaNData())
