@@ -89,18 +89,31 @@ def resolve_target(model: Model, inputs: Tensor, target: Tensor | int | None) ->
     return None
 
 
+def average_ranks(values: Tensor) -> Tensor:
+    """(B, N) ranks (0-based) of each row's values, tied values sharing their average rank."""
+    sorted_values, order = values.sort(dim=1)
+    new_group = torch.ones_like(sorted_values, dtype=torch.long)
+    new_group[:, 1:] = (sorted_values[:, 1:] != sorted_values[:, :-1]).long()
+    group = new_group.cumsum(dim=1) - 1
+    positions = torch.arange(values.shape[1], device=values.device, dtype=torch.float64).expand_as(group)
+    first = torch.full(values.shape, float(values.shape[1]), dtype=torch.float64, device=values.device)
+    first = first.scatter_reduce(1, group, positions, reduce="amin")
+    last = torch.zeros(values.shape, dtype=torch.float64, device=values.device)
+    last = last.scatter_reduce(1, group, positions, reduce="amax")
+    sorted_ranks = ((first + last) / 2).gather(1, group)
+    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
+
+
 def spearman(first: Tensor, second: Tensor) -> Tensor:
-    """(B,) Spearman rank correlation between rows of two (B, N) tensors; 0 where either is constant
-    (as Xplique does). Ties are ranked by order of appearance."""
-    first_ranks = first.argsort(dim=1).argsort(dim=1).float()
-    second_ranks = second.argsort(dim=1).argsort(dim=1).float()
-    first_constant = (first == first[:, :1]).all(dim=1)
-    second_constant = (second == second[:, :1]).all(dim=1)
+    """(B,) Spearman rank correlation between rows of two (B, N) tensors (ties get their average
+    rank); 0 where either row is constant (as Xplique does)."""
+    first_ranks = average_ranks(first)
+    second_ranks = average_ranks(second)
     first_ranks = first_ranks - first_ranks.mean(dim=1, keepdim=True)
     second_ranks = second_ranks - second_ranks.mean(dim=1, keepdim=True)
     denominator = first_ranks.norm(dim=1) * second_ranks.norm(dim=1)
-    correlation = (first_ranks * second_ranks).sum(dim=1) / denominator.clamp_min(1e-12)
-    return torch.where(first_constant | second_constant, torch.zeros_like(correlation), correlation)
+    correlation = (first_ranks * second_ranks).sum(dim=1) / denominator.clamp_min(1e-300)
+    return torch.where(denominator > 0, correlation, torch.zeros_like(correlation)).to(first.dtype)
 
 
 def check_positive(name: str, value: float) -> None:
