@@ -49,6 +49,12 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
+def _logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning gives the metrics logged at this point, so that images line up with them."""
+    epoch_loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    return int(getattr(epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
 class ExplanationCallback(pl.Callback):
     """Log saliency maps, counterfactual transports and explanation metrics of a fixed sample set.
 
@@ -310,7 +316,7 @@ class ExplanationCallback(pl.Callback):
 
     def _log_grid(self, trainer: pl.Trainer, grid: Tensor, captions: list[str], stage: str) -> None:
         key = f"{self.prefix}/grid"
-        step = trainer.global_step
+        step = _logging_step(trainer)
         caption = f"epoch {trainer.current_epoch}, step {step}: " + "; ".join(
             c.replace("\n", ", ") for c in captions
         )
