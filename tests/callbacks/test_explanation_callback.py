@@ -242,7 +242,6 @@ def test_two_process_ddp_explains_on_rank_zero_only(tmp_path):
     env = {
         **__import__("os").environ,
         "PYTHONPATH": str(REPO_ROOT),
-        "PL_DISABLE_FORK": "1",
         "OMP_NUM_THREADS": "1",
     }
     completed = subprocess.run(
