@@ -89,4 +89,8 @@ def vanilla_export(model: nn.Module) -> torch.fx.GraphModule:
     finally:
         model.train(was_training)
     graph_module = torch.fx.symbolic_trace(plain)
+    # postponed annotations (strings) would become unpicklable globals of the generated code
+    for node in graph_module.graph.nodes:
+        node.type = None
+    graph_module.recompile()
     return graph_module.eval()
