@@ -21,7 +21,9 @@ def _offline_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_module(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m ARGS`` in ``cwd`` with this checkout importable; capture the output."""
-    env = dict(os.environ)
+    # A W&B service started by an earlier in-process test must not be shared with the child: it would
+    # write the child's run asynchronously, after the child exits.
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DISABLE_GIT="true", PYTHONUNBUFFERED="1")
     return subprocess.run(

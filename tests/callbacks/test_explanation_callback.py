@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
-import struct
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -21,6 +18,7 @@ from lightning_ot import OTClassifier
 from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
 from lightning_ot.models import LipschitzMLP
+from tests import wandb_records
 from tests.conftest import REPO_ROOT
 
 METRICS = ("deletion", "insertion", "mu_fidelity", "stability", "sparseness", "flip_rate", "boundary_reached")
@@ -32,44 +30,6 @@ def _one_thread():
     torch.set_num_threads(1)  # tiny networks: one thread is fastest on a shared machine
     yield
     torch.set_num_threads(threads)
-
-
-def read_wandb_history(path: Path) -> list[dict[str, Any]]:
-    """History rows of an offline W&B run file (LevelDB log format: 32 KiB blocks of chunks with a
-    7-byte header, after W&B's own 7-byte file header), values decoded from JSON."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, position = path.read_bytes(), 32768, 7
-    records, pending = [], b""
-    while position + 7 <= len(data):
-        left_in_block = block - position % block
-        if left_in_block < 7:
-            position += left_in_block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
-        if length == 0 and kind == 0:  # zero padding at the end of a block
-            position += left_in_block
-            continue
-        chunk = data[position + 7 : position + 7 + length]
-        position += 7 + length
-        if kind in (1, 2):  # full or first chunk
-            pending = chunk
-        else:  # middle or last chunk
-            pending += chunk
-        if kind in (1, 4):
-            records.append(pending)
-    rows = []
-    for raw in records:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
-    return rows
 
 
 def tiny_model() -> OTClassifier:
@@ -118,7 +78,7 @@ def test_fit_logs_grids_and_metrics_to_wandb_tensorboard_and_csv(tmp_path):
     media = sorted((run_dir / "files" / "media" / "images" / "explain").glob("grid_*.png"))
     assert len(media) == 2  # named grid_<wandb step>_<hash>.png
     assert media[0].read_bytes() != media[1].read_bytes()
-    history = read_wandb_history(next(run_dir.glob("run-*.wandb")))
+    history = wandb_records.history(run_dir)
     image_rows = [row for row in history if "explain/grid/_type" in row]
     assert [row["trainer/global_step"] for row in image_rows] == steps
     for row in image_rows:
