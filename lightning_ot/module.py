@@ -90,7 +90,10 @@ class OTClassifier(pl.LightningModule):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        self.remove_ignored_hparams([key for key, value in self.hparams.items() if not _is_plain_data(value)])
+        not_plain = [key for key, value in self.hparams.items() if not _is_plain_data(value)]
+        self.remove_ignored_hparams(not_plain)
+        for key in not_plain:  # loggers log `hparams_initial`: a CSV logger cannot write modules to YAML
+            self._hparams_initial.pop(key, None)
 
         self.backbone = backbone
         self.num_classes = num_classes
