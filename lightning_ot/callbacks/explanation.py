@@ -1,0 +1,351 @@
+"""``ExplanationCallback``: saliency maps, counterfactual transports and XAI metrics, every epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+
+from lightning_ot.explain import counterfactual, explanation_grid, explanation_mode, saliency, to_uint8_image
+from lightning_ot.metrics import (
+    AverageStability,
+    Deletion,
+    Insertion,
+    MuFidelity,
+    Sparseness,
+    certified_radius,
+    predicted_labels,
+)
+
+__all__ = ["ExplanationCallback"]
+
+_INPUT_KEYS = ("input", "inputs", "image", "images", "x")
+_TARGET_KEYS = ("target", "targets", "label", "labels", "y")
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        inputs = next((batch[key] for key in _INPUT_KEYS if key in batch), None)
+        targets = next((batch[key] for key in _TARGET_KEYS if key in batch), None)
+        if inputs is not None and targets is not None:
+            return inputs, targets
+    raise TypeError(
+        "ExplanationCallback needs validation batches of the form (inputs, targets, ...) or a dict with "
+        f"keys among {_INPUT_KEYS} and {_TARGET_KEYS}; got {type(batch).__name__}"
+    )
+
+
+def _logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning gives the metrics logged at this point, so that images line up with them."""
+    epoch_loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    return int(getattr(epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+class ExplanationCallback(pl.Callback):
+    """Log saliency maps, counterfactual transports and explanation metrics of a fixed sample set.
+
+    At the start of ``fit`` (or of the first validation under ``trainer.validate()``) the callback
+    picks ``num_samples`` validation samples, as balanced across classes as the data allows. At the
+    end of every ``every_n_epochs``-th validation epoch (every time under ``trainer.validate()``),
+    on global rank 0 only, it computes for them:
+
+    - the saliency map ``grad f_k(x)`` of the predicted class ``k`` (binary: ``grad f``);
+    - the transports ``x - t d`` toward the runner-up class (binary: the other class) at
+      ``step_sizes`` times each sample's distance to the boundary ``t_b`` (see
+      :func:`~lightning_ot.explain.counterfactual`), and the transport that lands on the boundary;
+    - the metrics :class:`~lightning_ot.metrics.Deletion`, :class:`~lightning_ot.metrics.Insertion`,
+      :class:`~lightning_ot.metrics.MuFidelity`, :class:`~lightning_ot.metrics.AverageStability` and
+      :class:`~lightning_ot.metrics.Sparseness` of the saliency maps, with cheaper settings than
+      their (Xplique) defaults so that training does not slow down: ``mu_fidelity_samples`` subsets
+      and ``stability_samples`` neighbours per sample.
+
+    It renders one grid per epoch (rows: samples; columns: input | saliency | transports | last
+    transport minus input; each row captioned with true class, prediction -> counterfactual class,
+    margin and certified radius), and logs it to every attached logger: W&B (``wandb.Image``),
+    TensorBoard (``add_image``), and a PNG under ``<log_dir>/explanations/`` for any other logger
+    (e.g. CSV) or none. The metrics are logged with ``LightningModule.log`` under
+    ``<prefix>/...``: ``deletion``, ``insertion``, ``mu_fidelity``, ``stability``, ``sparseness``,
+    ``flip_rate`` (transports at the largest step that changed the class), ``boundary_reached``
+    (boundary transports that landed on it or flipped) and ``gradient_norm`` (mean
+    ``||grad (f_k - f_j)||``: how close the network is to gradient-norm preservation).
+
+    Other ranks return immediately and never wait for rank 0: the callback runs no collective and
+    never calls the model's loss (the hKR loss all-reduces under DDP). The certified radius comes from
+    the LightningModule's ``certified_radius(logits)`` if it has one, else
+    :func:`~lightning_ot.metrics.certified_radius` with Lipschitz constant 1.
+
+    Args:
+        num_samples: samples explained (class-balanced).
+        every_n_epochs: explain after every n-th validation epoch of ``fit``.
+        step_sizes: transports shown, as multiples of each sample's boundary distance.
+        clamp: ``(low, high)`` data range to clamp transports to (and to scale images with), e.g.
+            ``[0.0, 1.0]``; None: no clamping, each row scaled to its own range.
+        compute_metrics: whether to compute and log the metrics.
+        mu_fidelity_samples: random subsets per sample for MuFidelity.
+        stability_samples: neighbours per sample for AverageStability.
+        panel_size: approximate size in pixels of each panel of the grid.
+        colormap: kornia colormap of the heatmaps (a diverging one: 0 is its middle).
+        prefix: prefix of the logged names.
+        scan_limit: validation samples scanned at most to find the class-balanced set.
+        seed: seed of the metrics' random subsets and noise (same draws every epoch).
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[ExplanationCallback(num_samples=10, every_n_epochs=2)], logger=False)
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 10,
+        every_n_epochs: int = 1,
+        step_sizes: Sequence[float] = (0.5, 1.0, 2.0),
+        clamp: Sequence[float] | None = None,
+        compute_metrics: bool = True,
+        mu_fidelity_samples: int = 32,
+        stability_samples: int = 4,
+        panel_size: int = 64,
+        colormap: str = "seismic",
+        prefix: str = "explain",
+        scan_limit: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}")
+        if every_n_epochs < 1:
+            raise ValueError(f"`every_n_epochs` must be >= 1, got {every_n_epochs}")
+        if len(step_sizes) == 0 or any(step < 0 for step in step_sizes):
+            raise ValueError(f"`step_sizes` must be a non-empty list of numbers >= 0, got {list(step_sizes)}")
+        if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
+            raise ValueError(f"`clamp` must be [low, high] with low < high, got {clamp}")
+        if mu_fidelity_samples < 2:
+            raise ValueError(f"`mu_fidelity_samples` must be >= 2, got {mu_fidelity_samples}")
+        if stability_samples < 1:
+            raise ValueError(f"`stability_samples` must be >= 1, got {stability_samples}")
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.step_sizes = [float(step) for step in step_sizes]
+        self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
+        self.compute_metrics = compute_metrics
+        self.mu_fidelity_samples = mu_fidelity_samples
+        self.stability_samples = stability_samples
+        self.panel_size = panel_size
+        self.colormap = colormap
+        self.prefix = prefix
+        self.scan_limit = scan_limit
+        self.seed = seed
+        self.inputs: Tensor | None = None
+        self.labels: Tensor | None = None
+        self.last_run_seconds: float | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.last_image_paths: list[Path] = []
+        self._warned_not_images = False
+
+    # ----------------------------------------------------------------------------------------------
+    # Sample selection
+    # ----------------------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.inputs is None:
+            self.select_samples(trainer, pl_module)
+
+    def _validation_loader(self, trainer: pl.Trainer) -> Any:
+        datamodule = trainer.datamodule
+        if datamodule is not None and is_overridden("val_dataloader", datamodule):
+            return datamodule.val_dataloader()
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, list | tuple):
+            return loaders[0] if loaders else None
+        return loaders
+
+    def select_samples(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Pick the class-balanced sample set from the validation data; False if there is none yet."""
+        loader = self._validation_loader(trainer)
+        if loader is None:
+            return False
+        num_classes = getattr(pl_module, "num_classes", None)
+        per_class = (
+            math.ceil(self.num_samples / num_classes) if isinstance(num_classes, int) else self.num_samples
+        )
+        by_class: dict[int, list[Tensor]] = defaultdict(list)
+        scanned = 0
+        with torch.inference_mode(False):
+            for batch in loader:
+                inputs, labels = _split_batch(batch)
+                for input, label in zip(inputs, labels.reshape(-1), strict=True):
+                    if len(by_class[int(label)]) < per_class:
+                        by_class[int(label)].append(input.detach().cpu().clone())
+                scanned += inputs.shape[0]
+                full = isinstance(num_classes, int) and len(by_class) >= num_classes
+                if (
+                    full and all(len(v) >= per_class for v in by_class.values())
+                ) or scanned >= self.scan_limit:
+                    break
+        chosen: list[tuple[Tensor, int]] = []
+        for round_index in range(per_class):
+            for label in sorted(by_class):
+                if round_index < len(by_class[label]) and len(chosen) < self.num_samples:
+                    chosen.append((by_class[label][round_index], label))
+        if not chosen:
+            return False
+        self.inputs = torch.stack([input for input, _ in chosen])
+        self.labels = torch.tensor([label for _, label in chosen])
+        return True
+
+    # ----------------------------------------------------------------------------------------------
+    # Explaining
+    # ----------------------------------------------------------------------------------------------
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            return
+        if not trainer.is_global_zero:
+            return
+        if self.inputs is None and not self.select_samples(trainer, pl_module):
+            rank_zero_warn("ExplanationCallback found no validation samples to explain; skipping.")
+            return
+        start = time.perf_counter()
+        stage = "fit" if fitting else str(trainer.state.fn.value)
+        with torch.inference_mode(False), torch.enable_grad():
+            results = self.explain(pl_module)
+        metrics = results.pop("metrics")
+        for name, value in metrics.items():
+            pl_module.log(f"{self.prefix}/{name}", value, rank_zero_only=True)
+        self.last_metrics = metrics
+        self.last_image_paths = []
+        if results["grid"] is not None:
+            self._log_grid(trainer, results["grid"], results["captions"], stage)
+        self.last_run_seconds = time.perf_counter() - start
+
+    def explain(self, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Explanations, grid and metrics of the sample set (under ``enable_grad``, not inference mode)."""
+        if self.inputs is None or self.labels is None:
+            raise RuntimeError("no samples selected: call `select_samples` first")
+        model = pl_module
+        inputs = self.inputs.to(pl_module.device).clone()
+        with explanation_mode(model, inputs):
+            with torch.no_grad():
+                logits = model(inputs)
+            predictions = (
+                pl_module.predict_labels(logits)
+                if hasattr(pl_module, "predict_labels")
+                else predicted_labels(logits)
+            )
+            radius_fn = getattr(pl_module, "certified_radius", None)
+            radius = radius_fn(logits) if callable(radius_fn) else certified_radius(logits)
+            explanations = saliency(model, inputs)
+            walk = counterfactual(model, inputs, mode="steps", step_sizes=self.step_sizes, clamp=self.clamp)
+            boundary = counterfactual(model, inputs, mode="boundary", max_iterations=5, clamp=self.clamp)
+            metrics = {
+                "flip_rate": walk.flipped[:, -1].float().mean().item(),
+                "boundary_reached": (boundary.flipped | boundary.on_boundary).float().mean().item(),
+                "gradient_norm": walk.gradient_norm.mean().item(),
+            }
+            if self.compute_metrics:
+                metrics.update(self._metrics(model, inputs, explanations))
+
+        captions = [
+            f"true {int(label)} pred {int(prediction)}->{int(target)}\n"
+            f"margin {float(margin):.3f}\nradius {float(r):.3f}"
+            for label, prediction, target, margin, r in zip(
+                self.labels, predictions, walk.target, walk.margin_before, radius, strict=True
+            )
+        ]
+        grid = None
+        if inputs.ndim == 4:
+            grid = explanation_grid(
+                inputs,
+                explanations,
+                walk.images,
+                row_labels=captions,
+                column_labels=["input", "saliency", *[f"{t:g} t_b" for t in self.step_sizes], "diff"],
+                value_range=self.clamp,
+                panel_size=self.panel_size,
+                colormap=self.colormap,
+            )
+        elif not self._warned_not_images:
+            rank_zero_warn("ExplanationCallback renders grids of (B, C, H, W) images only; logging metrics.")
+            self._warned_not_images = True
+        return {"grid": grid, "captions": captions, "metrics": metrics}
+
+    def _metrics(self, model: Any, inputs: Tensor, explanations: Tensor) -> dict[str, float]:
+        options = {"sync_on_compute": False}  # rank 0 alone: a sync would wait for the other ranks
+        deletion = Deletion(model, **options)
+        insertion = Insertion(model, **options)
+        fidelity = MuFidelity(model, num_samples=self.mu_fidelity_samples, seed=self.seed, **options)
+        stability = AverageStability(
+            partial(saliency, model), num_samples=self.stability_samples, seed=self.seed, **options
+        )
+        sparseness = Sparseness(**options)
+        deletion.update(inputs, explanations)
+        insertion.update(inputs, explanations)
+        fidelity.update(inputs, explanations)
+        stability.update(inputs)
+        sparseness.update(explanations)
+        return {
+            name: float(metric.compute())
+            for name, metric in (
+                ("deletion", deletion),
+                ("insertion", insertion),
+                ("mu_fidelity", fidelity),
+                ("stability", stability),
+                ("sparseness", sparseness),
+            )
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    # Logging
+    # ----------------------------------------------------------------------------------------------
+
+    def _log_grid(self, trainer: pl.Trainer, grid: Tensor, captions: list[str], stage: str) -> None:
+        key = f"{self.prefix}/grid"
+        step = _logging_step(trainer)
+        caption = f"epoch {trainer.current_epoch}, step {step}: " + "; ".join(
+            c.replace("\n", ", ") for c in captions
+        )
+        png_dirs: list[Path] = []
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key, [to_uint8_image(grid)], step=step, caption=[caption])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(key, grid, global_step=step, dataformats="CHW")
+                logger.experiment.add_text(f"{key}/captions", caption, global_step=step)
+            else:
+                png_dirs.append(Path(logger.log_dir or trainer.default_root_dir))
+        if not trainer.loggers:
+            png_dirs.append(Path(trainer.default_root_dir))
+        if png_dirs:
+            from PIL import Image
+
+            image = Image.fromarray(to_uint8_image(grid))
+            name = f"{stage}-epoch={trainer.current_epoch:03d}-step={step:06d}.png"
+            for directory in dict.fromkeys(png_dirs):
+                path = directory / "explanations" / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path)
+                path.with_suffix(".txt").write_text("\n".join(c.replace("\n", ", ") for c in captions) + "\n")
+                self.last_image_paths.append(path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "labels": self.labels}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs = state_dict.get("inputs")
+        self.labels = state_dict.get("labels")

@@ -1,0 +1,259 @@
+"""ExplanationCallback inside real Lightning runs: W&B offline, TensorBoard, CSV, no logger,
+``trainer.validate()`` and 2-process DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import struct
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+from lightning_ot import OTClassifier
+from lightning_ot.callbacks import ExplanationCallback
+from lightning_ot.data import DigitsDataModule
+from lightning_ot.models import LipschitzMLP
+from tests.conftest import REPO_ROOT
+
+METRICS = ("deletion", "insertion", "mu_fidelity", "stability", "sparseness", "flip_rate", "boundary_reached")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_wandb_history(path: Path) -> list[dict[str, Any]]:
+    """History rows of an offline W&B run file (LevelDB log format: 32 KiB blocks of chunks with a
+    7-byte header, after W&B's own 7-byte file header), values decoded from JSON."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, position = path.read_bytes(), 32768, 7
+    records, pending = [], b""
+    while position + 7 <= len(data):
+        left_in_block = block - position % block
+        if left_in_block < 7:
+            position += left_in_block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if length == 0 and kind == 0:  # zero padding at the end of a block
+            position += left_in_block
+            continue
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 2):  # full or first chunk
+            pending = chunk
+        else:  # middle or last chunk
+            pending += chunk
+        if kind in (1, 4):
+            records.append(pending)
+    rows = []
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append(
+                {
+                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                    for item in record.history.item
+                }
+            )
+    return rows
+
+
+def tiny_model() -> OTClassifier:
+    torch.manual_seed(0)
+    return OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+
+
+def make_trainer(tmp_path: Path, logger, callback: ExplanationCallback, **kwargs) -> pl.Trainer:
+    options = {
+        "max_epochs": 2,
+        "limit_train_batches": 3,
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": logger,
+        "callbacks": [callback],
+        "default_root_dir": tmp_path,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 1,
+        "log_every_n_steps": 1,
+    }
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+@pytest.mark.slow
+def test_fit_logs_grids_and_metrics_to_wandb_tensorboard_and_csv(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = ExplanationCallback(clamp=(0.0, 1.0))
+    wandb_logger = WandbLogger(project="explain-test", save_dir=str(tmp_path), offline=True)
+    tensorboard = TensorBoardLogger(tmp_path, name="tb")
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, [wandb_logger, tensorboard, csv_logger], callback)
+    trainer.fit(tiny_model(), DigitsDataModule())
+    run_dir = Path(wandb_logger.experiment.dir).parent
+    wandb_logger.experiment.finish()
+
+    # the sample set: 10 validation samples, one per class
+    assert callback.labels is not None
+    assert sorted(callback.labels.tolist()) == list(range(10))
+    steps = [2, 5]  # Lightning logs validation-epoch metrics at the last training batch's step
+
+    # W&B offline: one image per epoch among the run's media, and the history records them
+    media = sorted((run_dir / "files" / "media" / "images" / "explain").glob("grid_*.png"))
+    assert len(media) == 2  # named grid_<wandb step>_<hash>.png
+    assert media[0].read_bytes() != media[1].read_bytes()
+    history = read_wandb_history(next(run_dir.glob("run-*.wandb")))
+    image_rows = [row for row in history if "explain/grid/_type" in row]
+    assert [row["trainer/global_step"] for row in image_rows] == steps
+    for row in image_rows:
+        assert row["explain/grid/_type"] == "images/separated"
+        assert row["explain/grid/captions"][0].startswith("epoch ")
+        (filename,) = row["explain/grid/filenames"]
+        assert (run_dir / "files" / filename).is_file()
+    metric_rows = [row for row in history if "explain/mu_fidelity" in row]
+    assert [row["trainer/global_step"] for row in metric_rows] == steps
+
+    # TensorBoard: image events at each epoch's step
+    accumulator = EventAccumulator(str(tensorboard.log_dir), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert "explain/grid" in accumulator.Tags()["images"]
+    images = accumulator.Images("explain/grid")
+    assert [event.step for event in images] == steps
+    assert images[0].width > 300
+    assert images[0].height > 600
+    assert "explain/mu_fidelity" in accumulator.Tags()["scalars"]
+
+    # CSV: PNG files for each epoch, captions, and metric columns
+    pngs = sorted((Path(csv_logger.log_dir) / "explanations").glob("*.png"))
+    assert [path.name for path in pngs] == ["fit-epoch=000-step=000002.png", "fit-epoch=001-step=000005.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    caption = pngs[0].with_suffix(".txt").read_text().splitlines()
+    assert len(caption) == 10
+    assert caption[0].startswith("true 0 pred ")
+    assert "radius" in caption[0]
+    with open(Path(csv_logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for name in METRICS:
+        values = [float(row[f"explain/{name}"]) for row in rows if row.get(f"explain/{name}")]
+        assert len(values) == 2, name
+        assert all(math.isfinite(value) for value in values)
+    assert -1.0 <= callback.last_metrics["mu_fidelity"] <= 1.0
+    assert 0.0 <= callback.last_metrics["sparseness"] <= 1.0
+    assert 0.0 <= callback.last_metrics["flip_rate"] <= 1.0
+
+
+def test_validate_under_inference_mode_without_logger_writes_pngs(tmp_path):
+    class InferenceModeProbe(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            self.enabled = torch.is_inference_mode_enabled()
+
+    callback, probe = ExplanationCallback(num_samples=4, step_sizes=(1.0, 2.0)), InferenceModeProbe()
+    trainer = make_trainer(tmp_path, False, callback)
+    trainer.callbacks.append(probe)
+    trainer.validate(tiny_model(), DigitsDataModule())
+    assert probe.enabled  # the callback really ran under inference mode
+    assert callback.labels is not None
+    assert callback.labels.tolist() == [0, 1, 2, 3]
+    pngs = list((tmp_path / "explanations").glob("validate-*.png"))
+    assert len(pngs) == 1
+    assert all(math.isfinite(value) for value in callback.last_metrics.values())
+    # the boundary is reached (or crossed) for nearly every sample, even untrained
+    assert callback.last_metrics["boundary_reached"] >= 0.75
+    assert callback.last_metrics["gradient_norm"] <= math.sqrt(2) + 1e-4
+
+
+def test_every_n_epochs_and_sanity_check_are_respected(tmp_path):
+    callback = ExplanationCallback(num_samples=3, every_n_epochs=2, compute_metrics=False)
+    trainer = make_trainer(tmp_path, False, callback, max_epochs=3, limit_train_batches=1)
+    trainer.fit(tiny_model(), DigitsDataModule())
+    names = sorted(path.name for path in (tmp_path / "explanations").glob("*.png"))
+    assert names == ["fit-epoch=001-step=000001.png"]
+    assert "explain/mu_fidelity" not in trainer.callback_metrics
+    assert "explain/flip_rate" in trainer.callback_metrics
+
+
+def test_binary_model_and_bad_arguments(tmp_path):
+    callback = ExplanationCallback(num_samples=4, compute_metrics=False)
+    torch.manual_seed(0)
+    model = OTClassifier(LipschitzMLP(64, 1, hidden_features=(16,)), num_classes=2)
+    trainer = make_trainer(tmp_path, False, callback, max_epochs=1, limit_train_batches=2)
+    trainer.fit(model, DigitsDataModule(classes=[0, 8]))
+    assert callback.labels.tolist() == [0, 1, 0, 1]
+    assert len(list((tmp_path / "explanations").glob("*.png"))) == 1
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        ExplanationCallback(every_n_epochs=0)
+    with pytest.raises(ValueError, match="clamp"):
+        ExplanationCallback(clamp=(1.0, 0.0))
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_ot import OTClassifier
+from lightning_ot.callbacks import ExplanationCallback
+from lightning_ot.data import DigitsDataModule
+from lightning_ot.models import LipschitzMLP
+
+torch.set_num_threads(1)
+root = Path(sys.argv[1])
+torch.manual_seed(0)
+model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+callback = ExplanationCallback(num_samples=4, mu_fidelity_samples=8, stability_samples=2)
+trainer = pl.Trainer(
+    max_epochs=2, limit_train_batches=2, accelerator="cpu", devices=2, strategy="ddp",
+    logger=CSVLogger(root, name="csv", version=0), callbacks=[callback], default_root_dir=root,
+    enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+)
+trainer.fit(model, DigitsDataModule())
+ran = callback.last_run_seconds is not None
+(root / f"rank{trainer.global_rank}.txt").write_text(f"{ran} {callback.inputs is not None}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_process_ddp_explains_on_rank_zero_only(tmp_path):
+    import subprocess
+
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {
+        **__import__("os").environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    completed = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == "True True"
+    assert (tmp_path / "rank1.txt").read_text() == "False False"  # rank 1 did none of the work
+    pngs = sorted(path.name for path in (tmp_path / "csv" / "version_0" / "explanations").glob("*.png"))
+    assert pngs == ["fit-epoch=000-step=000001.png", "fit-epoch=001-step=000003.png"]
