@@ -215,11 +215,19 @@ def test_dashboard_command_line_dry_run(capsys: pytest.CaptureFixture[str]) -> N
 def test_dashboard_shows_what_a_run_logs(offline_run: Path) -> None:
     """Every metric panel of the accuracy and loss sections plots a key that a real run logs, and every
     swept parameter is a key of the run's config."""
-    logged = {key for row in wandb_records.history(offline_run) for key in row}
+    rows = wandb_records.history(offline_run)
+    logged = {key for row in rows for key in row}
+    logged |= {key.removesuffix("/_type") for key in logged}  # media are logged as KEY/_type, KEY/...
     panels = _panels(build_workspace("team", "lightning-ot"))
-    for section in ("Accuracy and certificates", "hKR loss"):
+    # The recipe's ExplanationCallback logs the grid as an image under the media browser's key.
+    (media,) = [panel for panel in panels["Explanations"] if panel["type"] == "MediaBrowser"]
+    for key in media["keys"]:
+        kinds = [row[f"{key}/_type"] for row in rows if f"{key}/_type" in row]
+        assert kinds, f"no {key!r} logged"
+        assert set(kinds) == {"images/separated"}
+    for section in ("Accuracy and certificates", "hKR loss", "Explanations"):
         for panel in panels[section]:
-            if panel["type"] == "LinePlot":
+            if panel["type"] in ("LinePlot", "MediaBrowser"):
                 assert set(panel["keys"]) <= logged, (panel["title"], set(panel["keys"]) - logged)
             else:  # summary ("....max") of a logged metric
                 assert all(key.removesuffix(".max") in logged for key in panel["keys"])
