@@ -204,6 +204,8 @@ def _validation_tensors(datamodule: pl.LightningDataModule) -> tuple[Tensor, Ten
     datamodule.setup("validate")
     inputs, targets = [], []
     for batch in datamodule.val_dataloader():
+        # The data module's own batch hooks (e.g. uint8 -> float scaling done after the transfer).
+        batch = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(batch, 0), 0)
         inputs.append(batch[0])
         targets.append(batch[1])
     return torch.cat(inputs), torch.cat(targets)
