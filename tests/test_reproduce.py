@@ -1,0 +1,110 @@
+"""``python -m lightning_ot.reproduce``: a quick real run (tiny epochs and sample counts)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_ot.reproduce import (
+    CrossEntropy,
+    NetworkResults,
+    format_table,
+    main,
+    reproduce,
+    spearman_distance,
+)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
+    figures = importlib.util.find_spec("matplotlib") is not None
+    results = reproduce(
+        epochs=2,
+        output_dir=tmp_path,
+        num_explained=12,
+        radii=(0.1, 0.5),
+        mu_fidelity_samples=12,
+        stability_samples=3,
+        smoothgrad_samples=4,
+        figures=figures,
+    )
+    table = (tmp_path / "table.md").read_text()
+    assert "| clean accuracy |" in table
+    assert "| OTNN | saliency |" in table
+    assert "| unconstrained twin | Integrated Gradients |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [entry["name"] for entry in saved["results"]] == ["OTNN", "unconstrained twin"]
+    if figures:
+        assert (tmp_path / "saliency.png").stat().st_size > 1000
+        assert (tmp_path / "transports.png").stat().st_size > 1000
+
+    otnn, twin = results
+    assert set(otnn.explanations) == {"saliency"}
+    assert set(twin.explanations) == {"saliency", "SmoothGrad", "Integrated Gradients"}
+    for result in results:
+        assert 0.5 < result.accuracy <= 1.0  # 10 balanced classes: chance is 0.1
+        certified = [result.certified_accuracy[eps] for eps in ("0.1", "0.5")]
+        assert result.accuracy >= certified[0] >= certified[1] >= 0.0
+        for rate in (result.flip_rate_1x, result.flip_rate_2x, result.boundary_reached):
+            assert 0.0 <= rate <= 1.0
+        assert 0.0 <= result.saliency_smoothgrad_distance <= 2.0
+        assert -1.0 <= result.saliency_smoothgrad_cosine <= 1.0
+        for scores in result.explanations.values():
+            assert -1.0 <= scores.mu_fidelity <= 1.0
+            assert 0.0 <= scores.stability <= 2.0
+            assert 0.0 <= scores.sparseness <= 1.0
+            assert math.isfinite(scores.deletion)
+            assert math.isfinite(scores.insertion)
+    # The OTNN is 1-Lipschitz: gradients of f_k - f_j are at most sqrt(2), and no point of the
+    # boundary is closer than the certified radius.
+    assert otnn.lipschitz == pytest.approx(1.0)
+    assert otnn.gradient_norm <= math.sqrt(2.0) + 1e-3
+    assert otnn.certified_radius <= otnn.boundary_distance + 1e-3
+    # The twin's certificate comes from its (much larger) Lipschitz upper bound.
+    assert twin.lipschitz is not None
+    assert twin.lipschitz > otnn.lipschitz
+
+
+def test_spearman_distance() -> None:
+    maps = torch.randn(3, 1, 8, 8)
+    assert torch.allclose(spearman_distance(maps, 5 * maps + 1), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(spearman_distance(maps, -maps), torch.full((3,), 2.0), atol=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        spearman_distance(maps, maps[:, :, :4])
+
+
+def test_cross_entropy_binary_and_multiclass() -> None:
+    logits = torch.tensor([[2.0], [-1.0]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(CrossEntropy()(logits, torch.tensor([1, -1])), expected)
+    logits = torch.randn(4, 3)
+    target = torch.tensor([0, 2, 1, 2])
+    assert torch.allclose(CrossEntropy()(logits, target), torch.nn.functional.cross_entropy(logits, target))
+
+
+def test_table_marks_missing_certificates() -> None:
+    result = NetworkResults("net", "loss", accuracy=0.9, lipschitz=None, certified_accuracy={"0.1": math.nan})
+    table = format_table([result])
+    assert "| clean accuracy | 90.0 % |" in table
+    assert "| certified robust accuracy, L2 radius 0.1 | n/a |" in table
+
+
+@pytest.mark.parametrize("arguments", [["--num-explained", "1"], ["--epochs", "0"], ["--radii", "-1"]])
+def test_command_line_rejects_bad_arguments(arguments: list[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*arguments, "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
