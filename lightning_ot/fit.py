@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lightning_ot.module import OTClassifier
 from lightning_ot.recipes import RecipeNotFoundError, available_recipes, recipe_path
+from lightning_ot.wandb_summary import WandbSummaryMetrics
 
 __all__ = ["OTLightningCLI", "SaveConfigToLoggers", "format_summary", "main"]
 
@@ -63,14 +64,21 @@ class SaveConfigToLoggers(SaveConfigCallback):
 
 
 class OTLightningCLI(LightningCLI):
-    """LightningCLI with this project's defaults: W&B offline logging and config saved to the loggers."""
+    """LightningCLI with this project's defaults: W&B offline logging, the config saved to the loggers,
+    and W&B summary metrics (best accuracy and certified accuracy) declared for every run
+    (``--wandb_summary.summaries`` changes them; the callback does nothing without a W&B logger)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_callback", SaveConfigToLoggers)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("trainer_defaults", {"logger": DEFAULT_LOGGER})
+        # OTClassifier takes its optimizer and scheduler as arguments (`--model.init_args.optimizer`).
+        kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(WandbSummaryMetrics, "wandb_summary")
 
 
 def format_summary(metrics: dict[str, Any]) -> str:

@@ -253,7 +253,7 @@ class OTClassifier(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         logits, target, _ = self._shared_step(batch, "val")
         self.val_accuracy(self.predict_labels(logits), target)
-        self.val_certified.update(logits, target)
+        self.val_certified.update(logits, target, self.certified_radius(logits))
         self.log("val/acc", self.val_accuracy, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -262,7 +262,7 @@ class OTClassifier(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         logits, target, _ = self._shared_step(batch, "test")
         self.test_accuracy(self.predict_labels(logits), target)
-        self.test_certified.update(logits, target)
+        self.test_certified.update(logits, target, self.certified_radius(logits))
         self.log("test/acc", self.test_accuracy)
 
     def on_test_epoch_end(self) -> None:

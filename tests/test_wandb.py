@@ -52,7 +52,6 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "--trainer.enable_progress_bar", "false",
                 "--trainer.enable_checkpointing", "false",
                 "--trainer.logger.init_args.save_dir", str(root),
-                "--trainer.callbacks+=lightning_ot.wandb_summary.WandbSummaryMetrics",
                 "--model.init_args.backbone.init_args.hidden_features", "[32]",
             ]
         )  # fmt: skip

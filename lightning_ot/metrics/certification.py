@@ -84,7 +84,8 @@ class CertifiedRobustAccuracy(Metric):
         output_lipschitz: see :func:`certified_radius`.
 
     Shape:
-        - update: logits (B,), (B, 1) or (B, C); target (B,) labels ({0, 1} or {-1, +1} for binary)
+        - update: logits (B,), (B, 1) or (B, C); target (B,) labels ({0, 1} or {-1, +1} for binary);
+          optional radius (B,) to use instead of :func:`certified_radius` (a custom certificate)
         - compute: (len(eps),)
 
     Example:
@@ -119,7 +120,7 @@ class CertifiedRobustAccuracy(Metric):
         )
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: Tensor, target: Tensor) -> None:
+    def update(self, logits: Tensor, target: Tensor, radius: Tensor | None = None) -> None:
         predictions = predicted_labels(logits)
         target = target.reshape(-1)
         if target.shape[0] != predictions.shape[0]:
@@ -127,7 +128,10 @@ class CertifiedRobustAccuracy(Metric):
         if logits.ndim == 1 or logits.shape[-1] == 1:
             target = (target > 0).long()
         correct = predictions == target.long()
-        radius = certified_radius(logits, self.lipschitz, self.output_lipschitz)
+        if radius is None:
+            radius = certified_radius(logits, self.lipschitz, self.output_lipschitz)
+        elif radius.shape != correct.shape:
+            raise ValueError(f"`radius` must have shape {tuple(correct.shape)}, got {tuple(radius.shape)}")
         eps = torch.tensor(self.eps, device=radius.device, dtype=radius.dtype)
         # eps == 0 counts every correct prediction (a radius of exactly 0 still classifies correctly).
         certified = correct[:, None] & ((radius[:, None] > eps) | (eps == 0))

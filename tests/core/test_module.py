@@ -156,6 +156,23 @@ def test_subclass_overrides_the_loss_without_copying_the_step(tmp_path: Path) ->
     )
 
 
+class ZeroRadiusClassifier(OTClassifier):
+    """A subclass with its own (trivially conservative) certificate."""
+
+    def certified_radius(self, logits: torch.Tensor) -> torch.Tensor:
+        return 0.0 * super().certified_radius(logits)
+
+
+def test_overridden_certificate_is_the_one_logged(tmp_path: Path) -> None:
+    model = ZeroRadiusClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+    trainer.fit(model, datamodule=DigitsDataModule())
+    assert float(trainer.callback_metrics["val/acc"]) > 0.0
+    assert all(
+        float(trainer.callback_metrics[f"val/certified_acc@{eps:g}"]) == 0.0 for eps in model.certified_eps
+    )
+
+
 def test_backbone_output_width_that_does_not_fit_is_a_clear_error(tmp_path: Path) -> None:
     model = OTClassifier(LipschitzMLP(64, 3, hidden_features=(16,)), num_classes=10)
     with pytest.raises(ValueError, match=r"logits of shape \(\d+, 3\) but num_classes=10"):
