@@ -6,16 +6,8 @@ import copy
 
 from torch import nn
 
-from lightning_ot.nn import (
-    GlobalL2NormPool2d,
-    GroupSort,
-    InvertibleDownsampling,
-    L2NormPool2d,
-    MaxMin,
-    OrthogonalConv2d,
-    OrthogonalLinear,
-)
-from lightning_ot.nn.export import replace_modules
+from lightning_ot.nn import GlobalL2NormPool2d, GroupSort, L2NormPool2d, MaxMin
+from lightning_ot.nn.export import plain_layer, replace_modules
 
 __all__ = ["unconstrained_twin"]
 
@@ -38,25 +30,15 @@ def unconstrained_twin(model: nn.Module, activation: type[nn.Module] = nn.ReLU) 
     """
 
     def replace(module: nn.Module) -> nn.Module | None:
-        if isinstance(module, OrthogonalLinear):
-            return nn.Linear(module.in_features, module.out_features, module.bias is not None)
-        if isinstance(module, OrthogonalConv2d):
-            return nn.Conv2d(
-                module.in_channels,
-                module.out_channels,
-                module.kernel_size,
-                stride=module.stride,
-                padding=module.padding,
-                bias=module.bias is not None,
-            )
+        plain = plain_layer(module)
+        if plain is not None:
+            return plain
         if isinstance(module, MaxMin | GroupSort):
             return activation()
         if isinstance(module, L2NormPool2d):
             return nn.MaxPool2d(module.kernel_size, module.stride, module.padding)
         if isinstance(module, GlobalL2NormPool2d):
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        if isinstance(module, InvertibleDownsampling):
-            return nn.PixelUnshuffle(module.factor)
         return None
 
     return replace_modules(copy.deepcopy(model), replace)

@@ -12,7 +12,7 @@ from lightning_ot.nn.conv import OrthogonalConv2d
 from lightning_ot.nn.linear import OrthogonalLinear
 from lightning_ot.nn.pooling import InvertibleDownsampling
 
-__all__ = ["replace_modules", "vanilla_export"]
+__all__ = ["plain_layer", "replace_modules", "vanilla_export"]
 
 
 def replace_modules(model: nn.Module, replace: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
@@ -31,34 +31,37 @@ def replace_modules(model: nn.Module, replace: Callable[[nn.Module], nn.Module |
     return model
 
 
-def _plain_layer(module: nn.Module) -> nn.Module | None:
+def plain_layer(module: nn.Module) -> nn.Module | None:
+    """A freshly initialized ``nn.Linear`` / ``nn.Conv2d`` / ``nn.PixelUnshuffle`` of the same shape as
+    an :class:`OrthogonalLinear` / :class:`OrthogonalConv2d` / :class:`InvertibleDownsampling`, or
+    ``None`` for any other module."""
     if isinstance(module, OrthogonalLinear):
-        weight = module.weight.detach()
-        plain = nn.Linear(module.in_features, module.out_features, module.bias is not None)
-        plain = plain.to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            plain.weight.copy_(weight)
-            if module.bias is not None:
-                plain.bias.copy_(module.bias)
-        return plain
+        return nn.Linear(module.in_features, module.out_features, module.bias is not None)
     if isinstance(module, OrthogonalConv2d):
-        weight = module.weight.detach()
-        plain = nn.Conv2d(
+        return nn.Conv2d(
             module.in_channels,
             module.out_channels,
             module.kernel_size,
             stride=module.stride,
             padding=module.padding,
             bias=module.bias is not None,
-        ).to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            plain.weight.copy_(weight)
-            if module.bias is not None:
-                plain.bias.copy_(module.bias)
-        return plain
+        )
     if isinstance(module, InvertibleDownsampling):
         return nn.PixelUnshuffle(module.factor)
     return None
+
+
+def _exported_layer(module: nn.Module) -> nn.Module | None:
+    plain = plain_layer(module)
+    if plain is None or not isinstance(module, OrthogonalLinear | OrthogonalConv2d):
+        return plain
+    weight = module.weight.detach()
+    plain = plain.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if module.bias is not None:
+            plain.bias.copy_(module.bias)
+    return plain
 
 
 def vanilla_export(model: nn.Module) -> torch.fx.GraphModule:
@@ -85,7 +88,7 @@ def vanilla_export(model: nn.Module) -> torch.fx.GraphModule:
     was_training = model.training
     model.eval()
     try:
-        plain = replace_modules(copy.deepcopy(model), _plain_layer)
+        plain = replace_modules(copy.deepcopy(model), _exported_layer)
     finally:
         model.train(was_training)
     graph_module = torch.fx.symbolic_trace(plain)
