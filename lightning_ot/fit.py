@@ -97,7 +97,9 @@ def _split_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
         argument = argv[index]
         if argument == "--recipe":
             if index + 1 >= len(argv):
-                raise SystemExit("error: --recipe needs a name; available recipes: " + ", ".join(available_recipes()))
+                raise SystemExit(
+                    "error: --recipe needs a name; available recipes: " + ", ".join(available_recipes())
+                )
             recipe = argv[index + 1]
             index += 2
             continue

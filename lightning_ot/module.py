@@ -62,6 +62,11 @@ class OTClassifier(pl.LightningModule):
             checkpoints are unchanged): ``True``, or a dict of ``torch.compile`` keyword arguments
             (``mode``, ``backend``, ``dynamic``, ``fullgraph``). Only the backbone is compiled: the
             loss, metrics and logging stay eager.
+        audit_lipschitz: at the start of fit, measure the backbone's Lipschitz constant empirically
+            (gradient ascent on the first training batch, see :func:`~lightning_ot.nn.lipschitz_audit`)
+            and refuse to train, with a ``ValueError``, a backbone that exceeds ``lipschitz``.
+        lipschitz_tolerance: relative slack of that check: refuse when the measured constant exceeds
+            ``lipschitz * (1 + lipschitz_tolerance)``.
 
     Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before
     the loss, the certificates and the metrics, so only the backbone runs in low precision.
@@ -87,6 +92,8 @@ class OTClassifier(pl.LightningModule):
         output_lipschitz: OutputLipschitz = "joint",
         certified_eps: Sequence[float] = (0.1, 0.25, 0.5),
         compile_backbone: bool | dict[str, Any] = False,
+        audit_lipschitz: bool = True,
+        lipschitz_tolerance: float = 0.05,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -117,6 +124,11 @@ class OTClassifier(pl.LightningModule):
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_certified = CertifiedRobustAccuracy(self.certified_eps, self.lipschitz, output_lipschitz)
         self._output_width_checked = False
+        if lipschitz_tolerance < 0:
+            raise ValueError(f"`lipschitz_tolerance` must be >= 0, got {lipschitz_tolerance}")
+        self.audit_lipschitz = audit_lipschitz
+        self.lipschitz_tolerance = float(lipschitz_tolerance)
+        self._lipschitz_audit_pending = False
 
     # ----------------------------------------------------------------------------------------------
     # What a subclass overrides
@@ -181,6 +193,48 @@ class OTClassifier(pl.LightningModule):
                 f"{self.num_classes}; set `--model.num_classes {data_classes}` and a backbone with "
                 f"{1 if data_classes == 2 else data_classes} output(s)"
             )
+
+    def on_fit_start(self) -> None:
+        # The audit needs a batch-shaped input: it runs on the first training batch (no extra loading).
+        self._lipschitz_audit_pending = self.audit_lipschitz
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._lipschitz_audit_pending:
+            self._lipschitz_audit_pending = False
+            self.check_lipschitz(batch[0] if isinstance(batch, list | tuple) else batch)
+
+    def check_lipschitz(self, input: Tensor) -> float:
+        """Measure the backbone's Lipschitz constant on ``input`` (empirical part of the audit) and
+        raise a ``ValueError`` if it exceeds ``lipschitz * (1 + lipschitz_tolerance)``.
+
+        The measurement is a lower estimate (largest ratio found by gradient ascent from the given
+        inputs), so it can only catch a backbone that is *not* as Lipschitz as declared. Under DDP the
+        largest value over the ranks decides, so that every rank takes the same decision.
+
+        Returns:
+            the measured constant.
+        """
+        from lightning_ot.nn import lipschitz_audit
+
+        starts = input[:16].detach()
+        report = lipschitz_audit(
+            self.backbone, tuple(starts.shape[1:]), starts, layers=False, ascent_steps=20
+        )
+        measured = float(report.empirical or 0.0)
+        if self._trainer is not None:
+            reduced = self.trainer.strategy.reduce(
+                torch.tensor(measured, device=self.device, dtype=torch.float32), reduce_op="max"
+            )
+            measured = float(reduced)
+        limit = self.lipschitz * (1 + self.lipschitz_tolerance)
+        if measured > limit:
+            raise ValueError(
+                f"the backbone is not {self.lipschitz:g}-Lipschitz: the audit measured a Lipschitz constant "
+                f"of at least {measured:.4g} (declared `lipschitz`={self.lipschitz:g}, tolerance "
+                f"{self.lipschitz_tolerance:g}). Use 1-Lipschitz layers (lightning_ot.nn), declare the right "
+                "`lipschitz`, or pass `audit_lipschitz=False` for an unconstrained baseline"
+            )
+        return measured
 
     # ----------------------------------------------------------------------------------------------
     # Lightning hooks

@@ -111,7 +111,9 @@ class HKRLoss(nn.Module):
             return F.multiclass_hkr(
                 logits, target, self.margin, self.hinge_weight, self.distributed, self.check_inputs
             )
-        return F.binary_hkr(logits, target, self.margin, self.hinge_weight, self.distributed, self.check_inputs)
+        return F.binary_hkr(
+            logits, target, self.margin, self.hinge_weight, self.distributed, self.check_inputs
+        )
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return self.terms(logits, target).loss

@@ -114,16 +114,16 @@ class CertifiedRobustAccuracy(Metric):
         self.eps = [float(e) for e in eps]
         self.lipschitz = float(lipschitz)
         self.output_lipschitz = output_lipschitz
-        self.add_state("certified", default=torch.zeros(len(self.eps), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state(
+            "certified", default=torch.zeros(len(self.eps), dtype=torch.long), dist_reduce_fx="sum"
+        )
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         predictions = predicted_labels(logits)
         target = target.reshape(-1)
         if target.shape[0] != predictions.shape[0]:
-            raise ValueError(
-                f"`target` has {target.shape[0]} labels for {predictions.shape[0]} predictions"
-            )
+            raise ValueError(f"`target` has {target.shape[0]} labels for {predictions.shape[0]} predictions")
         if logits.ndim == 1 or logits.shape[-1] == 1:
             target = (target > 0).long()
         correct = predictions == target.long()

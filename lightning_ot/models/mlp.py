@@ -31,6 +31,8 @@ class LipschitzMLP(nn.Module):
         torch.Size([2, 10])
     """
 
+    lipschitz_composition = "sequential"
+
     def __init__(
         self,
         in_features: int,

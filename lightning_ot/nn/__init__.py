@@ -1,21 +1,38 @@
-"""1-Lipschitz layers in plain PyTorch (no Lightning)."""
+"""1-Lipschitz layers in plain PyTorch (no Lightning), the Lipschitz audit and the vanilla export."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from lightning_ot.nn.activations import GroupSort, MaxMin
+from lightning_ot.nn.activations import GroupSort, MaxMin, max_min
+from lightning_ot.nn.conv import OrthogonalConv2d, compose_kernels
 from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bjorck_orthonormalize
 from lightning_ot.nn.normalization import Normalize
+from lightning_ot.nn.pooling import GlobalL2NormPool2d, InvertibleDownsampling, L2NormPool2d, l2_norm_pool2d
+from lightning_ot.nn.residual import LipschitzResidual
 
 __all__ = [
     "BjorckOrthogonalization",
+    "GlobalL2NormPool2d",
     "GroupSort",
+    "InvertibleDownsampling",
+    "L2NormPool2d",
+    "LayerReport",
+    "LipschitzReport",
+    "LipschitzResidual",
     "MaxMin",
     "Normalize",
+    "OrthogonalConv2d",
     "OrthogonalLinear",
     "bjorck_orthonormalize",
+    "compose_kernels",
+    "empirical_lipschitz",
+    "gradient_norms",
     "input_lipschitz_factor",
+    "l2_norm_pool2d",
+    "lipschitz_audit",
+    "max_min",
+    "vanilla_export",
 ]
 
 
@@ -32,3 +49,13 @@ def input_lipschitz_factor(module: nn.Module) -> float:
     for submodule in module.modules():
         factor *= float(getattr(submodule, "lipschitz_factor", 1.0))
     return factor
+
+
+from lightning_ot.nn.audit import (  # noqa: E402
+    LayerReport,
+    LipschitzReport,
+    empirical_lipschitz,
+    gradient_norms,
+    lipschitz_audit,
+)
+from lightning_ot.nn.export import vanilla_export  # noqa: E402

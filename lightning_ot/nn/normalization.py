@@ -43,8 +43,7 @@ class Normalize(nn.Module):
         return float(1.0 / self.std.min())
 
     def forward(self, input: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (input.ndim - 2)
-        return (input - self.mean.view(shape)) / self.std.view(shape)
+        return ((input.movedim(1, -1) - self.mean) / self.std).movedim(-1, 1)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

@@ -1,0 +1,264 @@
+"""The cost of 1-Lipschitz layers: training-step time against the same architecture with plain layers.
+
+    python benchmarks/lipschitz_tax.py                 # everything (a few minutes on 2 cores)
+    python benchmarks/lipschitz_tax.py --skip-resnet   # only the small backbones
+
+For each backbone, the training step (forward, backward, Adam step) of the lightning_ot model and of
+its plain twin with ReLU (``unconstrained_twin``) are timed in the same run, interleaved step by step
+so that a shared machine slows both alike; the ratio of the medians after warm-up is printed. On the
+5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium versions are timed too when those
+packages are installed (optional, never required). Then: peak memory of one training step of the
+ImageNet-scale ``LipschitzResNet`` at 224x224 (in a fresh subprocess), and the inference-time ratio
+of the ``vanilla_export`` of the ConvNet against its plain twin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lightning_ot.models import LipschitzConvNet, LipschitzMLP, LipschitzResNet, unconstrained_twin
+from lightning_ot.nn import vanilla_export
+
+
+def training_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(batch), target).backward()
+        optimizer.step()
+
+    return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn so that load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - start
+            if index >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peer_convnets() -> dict[str, nn.Module]:
+    """The same 5-conv + 2-linear network built with deel-torchlip and orthogonium, if installed."""
+    peers: dict[str, nn.Module] = {}
+    widths = (32, 32, 64, 64, 128)
+    pools = {1, 3, 4}
+    try:
+        import deel.torchlip as torchlip
+
+        layers: list[nn.Module] = []
+        width = 1
+        for index, out in enumerate(widths):
+            layers += [torchlip.SpectralConv2d(width, out, 3, padding=1), torchlip.GroupSort2()]
+            if index in pools:
+                layers.append(torchlip.ScaledL2NormPool2d(2))
+            width = out
+        layers += [
+            nn.Flatten(),
+            torchlip.SpectralLinear(128 * 9, 128),
+            torchlip.GroupSort2(),
+            torchlip.SpectralLinear(128, 10),
+        ]
+        peers["deel-torchlip"] = nn.Sequential(*layers)
+    except ImportError:
+        pass
+    try:
+        from orthogonium.layers import AdaptiveOrthoConv2d, MaxMin, OrthoLinear
+
+        layers = []
+        width = 1
+        for index, out in enumerate(widths):
+            layers += [AdaptiveOrthoConv2d(width, out, 3, padding="same", padding_mode="zeros"), MaxMin()]
+            if index in pools:
+                layers.append(nn.LPPool2d(2, 2))
+            width = out
+        layers += [nn.Flatten(), OrthoLinear(128 * 9, 128), MaxMin(), OrthoLinear(128, 10)]
+        peers["orthogonium"] = nn.Sequential(*layers)
+    except ImportError:
+        pass
+    return peers
+
+
+def compare(
+    title: str,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
+    peers: dict[str, nn.Module] | None = None,
+) -> dict[str, dict[int, float]]:
+    twin = unconstrained_twin(model)
+    print(
+        f"\n== {title}: training step (forward + backward + Adam), median of {repeats} after {warmup} warm-up"
+    )
+    results: dict[str, dict[int, float]] = {}
+    for batch_size in batch_sizes:
+        batch = torch.rand(batch_size, *input_shape)
+        target = torch.randint(0, num_outputs, (batch_size,))
+        steps = {
+            "plain twin (ReLU)": training_step(twin, batch, target),
+            "lightning_ot": training_step(model, batch, target),
+        }
+        for name, peer in (peers or {}).items():
+            steps[name] = training_step(peer, batch, target)
+        medians = interleaved_medians(steps, repeats, warmup)
+        base = medians["plain twin (ReLU)"]
+        for name, seconds in medians.items():
+            ratio = seconds / base
+            results.setdefault(name, {})[batch_size] = ratio
+            print(f"  batch {batch_size:4d}  {name:20s} {1000 * seconds:9.1f} ms/step   ratio {ratio:5.2f}x")
+    return results
+
+
+def inference_ratio(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int) -> float:
+    exported = vanilla_export(model)
+    twin = unconstrained_twin(model).eval()
+    batch = torch.rand(batch_size, *input_shape)
+
+    def run(module: nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            with torch.inference_mode():
+                module(batch)
+
+        return call
+
+    medians = interleaved_medians({"twin": run(twin), "exported": run(exported)}, repeats, 3)
+    ratio = medians["exported"] / medians["twin"]
+    print(
+        f"\n== inference, batch {batch_size}: exported {1000 * medians['exported']:.1f} ms, plain twin "
+        f"{1000 * medians['twin']:.1f} ms, ratio {ratio:.2f}x"
+    )
+    return ratio
+
+
+def resnet_memory(width_multiplier: float, batch_size: int, image_size: int, plain: bool) -> dict[str, float]:
+    """Run in a fresh process: peak resident memory of one training step of the ResNet."""
+    torch.manual_seed(0)
+    model = LipschitzResNet(3, 1000, width_multiplier=width_multiplier)
+    if plain:
+        model = unconstrained_twin(model)
+    parameters = sum(p.numel() for p in model.parameters())
+    exported = sum(p.numel() for p in vanilla_export(model).parameters()) if not plain else parameters
+    batch = torch.rand(batch_size, 3, image_size, image_size)
+    target = torch.randint(0, 1000, (batch_size,))
+    step = training_step(model, batch, target)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "trainable_parameters": parameters,
+        "plain_parameters": exported,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "step_seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--skip-celeba", action="store_true")
+    parser.add_argument("--resnet-batch", type=int, default=2)
+    parser.add_argument("--resnet-image-size", type=int, default=224)
+    parser.add_argument("--_resnet-child", dest="resnet_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.resnet_child is not None:
+        width, plain = args.resnet_child.split(",")
+        print(
+            json.dumps(resnet_memory(float(width), args.resnet_batch, args.resnet_image_size, plain == "1"))
+        )
+        return
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    peers = None if args.skip_peers else peer_convnets()
+    compare(
+        "ConvNet 5 conv + 2 linear, 1x28x28 (FashionMNIST size)",
+        LipschitzConvNet(1, 10, image_size=28),
+        (1, 28, 28),
+        10,
+        args.batch_sizes,
+        args.repeats,
+        args.warmup,
+        peers,
+    )
+    compare(
+        "MLP 64-256-256-256-10 (quickstart)",
+        LipschitzMLP(64, 10, hidden_features=(256, 256, 256)),
+        (64,),
+        10,
+        args.batch_sizes,
+        args.repeats,
+        args.warmup,
+    )
+    if not args.skip_celeba:
+        compare(
+            "ConvNet 6 conv + 2 linear, 3x64x64 (CelebA size)",
+            LipschitzConvNet(3, 2, image_size=64, channels=(32, 32, 64, 64, 128, 128)),
+            (3, 64, 64),
+            2,
+            [args.batch_sizes[0]],
+            max(5, args.repeats // 3),
+            2,
+        )
+    inference_ratio(LipschitzConvNet(1, 10, image_size=28), (1, 28, 28), max(args.batch_sizes), args.repeats)
+    if not args.skip_resnet:
+        print(
+            f"\n== ImageNet-scale LipschitzResNet, one training step at {args.resnet_image_size}px, "
+            f"batch {args.resnet_batch}"
+        )
+        for width, plain in ((1.0, 0), (1.0, 1), (1.41, 0)):
+            command = [sys.executable, __file__, "--_resnet-child", f"{width},{plain}"]
+            command += [
+                "--resnet-batch",
+                str(args.resnet_batch),
+                "--resnet-image-size",
+                str(args.resnet_image_size),
+            ]
+            if args.threads is not None:
+                command += ["--threads", str(args.threads)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            figures = json.loads(output.strip().splitlines()[-1])
+            label = f"width x{width}" + (" plain twin" if plain else "")
+            print(
+                f"  {label:22s} weights {figures['plain_parameters'] / 1e6:6.1f}M (trainable "
+                f"{figures['trainable_parameters'] / 1e6:5.1f}M)  peak RSS {figures['peak_rss_mb']:7.0f} MB "
+                f"(model built: {figures['rss_before_mb']:6.0f} MB)  step {figures['step_seconds']:6.1f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Cache of a constrained weight, reused while the parameters it is computed from are unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WeightCache"]
+
+
+class WeightCache:
+    """Holds one computed weight and the identity (storage, version, dtype, device) of its sources.
+
+    The weight is reused when the owning module is in eval mode or autograd is off, and recomputed
+    (outside inference mode and without a graph) as soon as a source parameter changes: an optimizer
+    step or ``load_state_dict`` bumps its version counter, ``.to()`` gives it new storage. In training
+    mode with gradients on, the weight is computed afresh on every call so that it stays
+    differentiable. Under ``torch.compile`` nothing is cached.
+
+    The cache is a plain attribute, never a buffer: it is not in the ``state_dict`` and cannot differ
+    across DDP ranks in anything that is synchronized or saved.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: Tensor | None = None
+
+    @staticmethod
+    def _key(sources: Sequence[Tensor]) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
+
+    def get(self, owner: nn.Module, sources: Sequence[Tensor], compute: Callable[[], Tensor]) -> Tensor:
+        if torch.compiler.is_compiling() or (owner.training and torch.is_grad_enabled()):
+            self.key = self.value = None
+            return compute()
+        key = self._key(sources)
+        if self.value is None or key != self.key:
+            with torch.inference_mode(False), torch.no_grad():
+                self.value = compute()
+            self.key = key
+        return self.value
+
+    def clear(self) -> None:
+        self.key = self.value = None
+
+    def __deepcopy__(self, memo: dict) -> WeightCache:
+        return WeightCache()
+
+    def __getstate__(self) -> dict:
+        return {"key": None, "value": None}

@@ -1,0 +1,215 @@
+"""Orthogonal 2-D convolution: BCOP kernels (stride 1) composed with RKO blocks (stride > 1).
+
+Stride 1 follows the block convolution orthogonal parametrization (BCOP) of Li et al., *Preventing
+gradient attenuation in Lipschitz constrained convolutional networks*, NeurIPS 2019: a ``k x k``
+kernel is an orthogonal matrix followed by ``k - 1`` horizontal and ``k - 1`` vertical two-tap
+convolutions ``[P, I - P]`` with symmetric projections ``P = Q Q^T``. A stride ``s`` is obtained as
+in the adaptive orthogonal convolution of Boissin et al. (2025): a stride-1 BCOP kernel of size
+``k - s + 1`` composed with an ``s x s`` stride-``s`` convolution whose reshaped kernel is
+orthonormalized (RKO), which acts on disjoint patches. Everything is computed on the kernel (a few
+small matrix products, independent of the batch size), and the layer runs as one ``F.conv2d``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_ot.nn._cache import WeightCache
+from lightning_ot.nn.linear import bjorck_orthonormalize
+
+__all__ = ["OrthogonalConv2d", "compose_kernels"]
+
+
+def _as_square(value: int | tuple[int, int], name: str) -> int:
+    if isinstance(value, tuple | list):
+        if len(value) != 2 or value[0] != value[1]:
+            raise ValueError(f"`{name}` must be an int or a square pair, got {value}")
+        value = value[0]
+    if int(value) != value or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value}")
+    return int(value)
+
+
+def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
+    """Kernel of ``conv(conv(x, first), second)``: one cross-correlation kernel for both.
+
+    Args:
+        first: (mid, in, k1, k1) kernel applied first (stride 1).
+        second: (out, mid, k2, k2) kernel applied second (any stride).
+
+    Returns:
+        (out, in, k1 + k2 - 1, k1 + k2 - 1) kernel; with the first layer's padding and the second
+        layer's stride it computes the composition.
+
+    Example:
+        >>> a, b = torch.randn(3, 2, 3, 3), torch.randn(4, 3, 2, 2)
+        >>> x = torch.randn(1, 2, 8, 8)
+        >>> torch.nn.functional.conv2d(x, compose_kernels(a, b), stride=2).shape
+        torch.Size([1, 4, 3, 3])
+    """
+    size = second.shape[-1] - 1
+    return F.conv2d(first.transpose(0, 1), second.flip(-2, -1), padding=size).transpose(0, 1)
+
+
+def _projection_step(kernel: Tensor, basis: Tensor, dim: int) -> Tensor:
+    """Apply the two-tap block convolution ``[P, I - P]`` (``P = basis basis^T``) along ``dim``."""
+    channels = kernel.shape[0]
+    flat = kernel.reshape(channels, -1)
+    projected = (basis @ (basis.mT @ flat)).reshape(kernel.shape)
+    rest = kernel - projected
+    if dim == -1:
+        return F.pad(projected, (0, 1)) + F.pad(rest, (1, 0))
+    return F.pad(projected, (0, 0, 0, 1)) + F.pad(rest, (0, 0, 1, 0))
+
+
+class OrthogonalConv2d(nn.Module):
+    """2-D convolution with an orthogonal kernel: 1-Lipschitz (certified) and norm-preserving.
+
+    With stride 1 the convolution (on an unbounded or circular domain) is orthogonal when
+    ``in_channels == out_channels``, an isometry when ``out_channels > in_channels`` and a
+    co-isometry (its transpose is an isometry, so gradients keep their norm) when fewer. With stride
+    ``s`` it is an isometry when ``out_channels >= s^2 in_channels``, a co-isometry otherwise. With
+    zero padding the operator is a restriction of that one, so its norm is still <= 1 (away from the
+    border it keeps the same tightness). See the module docstring for the construction.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size ``k >= stride``.
+        stride: square stride.
+        padding: zero padding; default ``(k - 1) // 2`` ("same" for odd ``k`` and stride 1).
+        bias: learn an additive bias.
+        iterations: Björck steps for each orthogonal factor (any number keeps the bound).
+
+    Shape:
+        - input: (B, in_channels, H, W)
+        - output: (B, out_channels, H', W') as for ``nn.Conv2d`` with the same arguments
+
+    Example:
+        >>> conv = OrthogonalConv2d(4, 4, 3)
+        >>> x = torch.randn(2, 4, 8, 8)
+        >>> conv(x).shape
+        torch.Size([2, 4, 8, 8])
+        >>> OrthogonalConv2d(4, 16, 2, stride=2)(x).shape
+        torch.Size([2, 16, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        bias: bool = True,
+        iterations: int = 12,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
+        size = _as_square(kernel_size, "kernel_size")
+        step = _as_square(stride, "stride")
+        if size < step:
+            raise ValueError(f"`kernel_size` ({size}) must be >= `stride` ({step})")
+        if padding is None:
+            padding = (size - 1) // 2
+        if isinstance(padding, tuple | list):
+            padding = tuple(int(p) for p in padding)
+        else:
+            padding = (int(padding), int(padding))
+        if min(padding) < 0:
+            raise ValueError(f"`padding` must be >= 0, got {padding}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = (size, size)
+        self.stride = (step, step)
+        self.padding = padding
+        self.iterations = iterations
+        factory = {"device": device, "dtype": dtype}
+        self.bcop_size = size - step + 1
+        channels = max(in_channels, out_channels) if step == 1 else in_channels
+        if self.bcop_size == 1 and step == 1:
+            # a 1x1 convolution: one semi-orthogonal matrix, nothing to crop
+            self.orthogonal: nn.Parameter | None = nn.Parameter(
+                torch.empty(out_channels, in_channels, **factory)
+            )
+        elif self.bcop_size == 1:
+            # kernel == stride: the reshaped block alone is the whole (orthogonal) convolution
+            self.register_parameter("orthogonal", None)
+        else:
+            self.orthogonal = nn.Parameter(torch.empty(channels, channels, **factory))
+        half = channels // 2
+        if self.bcop_size > 1 and half > 0:
+            shape = (2 * (self.bcop_size - 1), channels, half)
+            self.projections: nn.Parameter | None = nn.Parameter(torch.empty(shape, **factory))
+        else:
+            self.register_parameter("projections", None)
+        if step > 1:
+            shape = (out_channels, in_channels * step * step)
+            self.reshaped: nn.Parameter | None = nn.Parameter(torch.empty(shape, **factory))
+        else:
+            self.register_parameter("reshaped", None)
+        if bias:
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._cache = WeightCache()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.orthogonal is not None:
+            nn.init.orthogonal_(self.orthogonal)
+        if self.projections is not None:
+            for matrix in self.projections.data:
+                nn.init.orthogonal_(matrix)
+        if self.reshaped is not None:
+            nn.init.orthogonal_(self.reshaped)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self._cache.clear()
+
+    def _sources(self) -> tuple[Tensor, ...]:
+        return tuple(p for p in (self.orthogonal, self.projections, self.reshaped) if p is not None)
+
+    def compute_weight(self) -> Tensor:
+        """(out_channels, in_channels, k, k) kernel, differentiable in the parameters."""
+        step = self.stride[0]
+        if self.orthogonal is None:
+            assert self.reshaped is not None
+            block = bjorck_orthonormalize(self.reshaped, self.iterations)
+            return block.reshape(self.out_channels, self.in_channels, step, step)
+        kernel = bjorck_orthonormalize(self.orthogonal, self.iterations)[:, :, None, None]
+        if self.projections is not None:
+            bases = bjorck_orthonormalize(self.projections, self.iterations)
+            for index in range(self.bcop_size - 1):
+                kernel = _projection_step(kernel, bases[2 * index], dim=-1)
+                kernel = _projection_step(kernel, bases[2 * index + 1], dim=-2)
+        if step == 1:
+            return kernel[: self.out_channels, : self.in_channels].contiguous()
+        assert self.reshaped is not None
+        block = bjorck_orthonormalize(self.reshaped, self.iterations)
+        block = block.reshape(self.out_channels, self.in_channels, step, step)
+        return compose_kernels(kernel, block)
+
+    @property
+    def weight(self) -> Tensor:
+        """The kernel; cached in eval mode (or without autograd) until the parameters change."""
+        return self._cache.get(self, self._sources(), self.compute_weight)
+
+    @property
+    def lipschitz_bound(self) -> float:
+        return 1.0
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
+            f"iterations={self.iterations}"
+        )

@@ -1,0 +1,134 @@
+"""1-Lipschitz, gradient-norm-preserving pooling and downsampling."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+__all__ = ["GlobalL2NormPool2d", "InvertibleDownsampling", "L2NormPool2d", "l2_norm_pool2d"]
+
+
+def l2_norm_pool2d(
+    input: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    eps: float = 1e-12,
+) -> Tensor:
+    """L2 norm of every pooling window, divided by ``sqrt(m)`` where ``m`` is the largest number of
+    windows that share a pixel (1 when ``stride >= kernel_size``), so the map is 1-Lipschitz.
+
+    Example:
+        >>> l2_norm_pool2d(torch.tensor([[[[3.0, 4.0], [0.0, 0.0]]]]), 2)
+        tensor([[[[5.]]]])
+    """
+    kernel = _pair(kernel_size)
+    step = _pair(stride) if stride is not None else kernel
+    overlap = math.ceil(kernel[0] / step[0]) * math.ceil(kernel[1] / step[1])
+    area = kernel[0] * kernel[1]
+    sums = F.avg_pool2d(input * input, kernel, step, padding) * (area / overlap)
+    return (sums + eps).sqrt()
+
+
+class L2NormPool2d(nn.Module):
+    """L2-norm pooling, scaled to be 1-Lipschitz (see :func:`l2_norm_pool2d`).
+
+    With non-overlapping windows (the default, ``stride = kernel_size``) it is 1-Lipschitz and
+    gradient-norm preserving: the gradient of a window's norm has norm 1.
+
+    Shape:
+        - input: (B, C, H, W)
+        - output: (B, C, H', W') as for ``nn.AvgPool2d``
+
+    Example:
+        >>> L2NormPool2d(2)(torch.ones(1, 1, 4, 4))
+        tensor([[[[2., 2.],
+                  [2., 2.]]]])
+    """
+
+    lipschitz_bound = 1.0
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding = _pair(padding)
+        self.eps = eps
+
+    def forward(self, input: Tensor) -> Tensor:
+        return l2_norm_pool2d(input, self.kernel_size, self.stride, self.padding, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class GlobalL2NormPool2d(nn.Module):
+    """L2 norm of each channel over all positions: 1-Lipschitz and gradient-norm preserving.
+
+    Shape:
+        - input: (B, C, H, W)
+        - output: (B, C)
+
+    Example:
+        >>> GlobalL2NormPool2d()(torch.full((1, 2, 2, 2), 0.5))
+        tensor([[1., 1.]])
+    """
+
+    lipschitz_bound = 1.0
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, input: Tensor) -> Tensor:
+        return (input.square().sum(dim=(-2, -1)) + self.eps).sqrt()
+
+
+class InvertibleDownsampling(nn.Module):
+    """Space-to-depth: each ``factor x factor`` block of pixels becomes ``factor^2`` channels.
+
+    A permutation of the input values (orthogonal, 1-Lipschitz, norm-preserving); the channel order
+    is that of ``nn.PixelUnshuffle``.
+
+    Shape:
+        - input: (B, C, H, W) with H and W divisible by ``factor``
+        - output: (B, C * factor^2, H / factor, W / factor)
+
+    Example:
+        >>> InvertibleDownsampling(2)(torch.randn(1, 3, 8, 8)).shape
+        torch.Size([1, 12, 4, 4])
+    """
+
+    lipschitz_bound = 1.0
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"`factor` must be >= 1, got {factor}")
+        self.factor = factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.shape[-1] % self.factor or input.shape[-2] % self.factor:
+            raise ValueError(
+                f"InvertibleDownsampling({self.factor}) needs H and W divisible by {self.factor}, "
+                f"got shape {tuple(input.shape)}"
+            )
+        return rearrange(input, "b c (h p1) (w p2) -> b (c p1 p2) h w", p1=self.factor, p2=self.factor)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+# keep torch in the namespace for doctests run outside pytest
+_ = torch

@@ -1,0 +1,121 @@
+"""The Lipschitz audit on known and foreign models, and the vanilla export (equivalence, ONNX, loading)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_ot.models import LipschitzConvNet, LipschitzMLP, LipschitzResNet
+from lightning_ot.nn import OrthogonalLinear, gradient_norms, lipschitz_audit, vanilla_export
+
+
+def test_audit_of_a_foreign_linear_model_finds_its_constant() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.diag(torch.linspace(0.5, 3.0, 8)))
+        model[2].weight.mul_(2)
+    report = lipschitz_audit(model, (8,))
+    norm_2 = torch.linalg.matrix_norm(model[2].weight, ord=2).item()
+    assert report.layers[0].operator_norm == pytest.approx(3.0, rel=1e-4)
+    assert report.layers[2].operator_norm == pytest.approx(norm_2, rel=1e-4)
+    assert report.upper_bound == pytest.approx(3.0 * norm_2, rel=1e-4)
+    assert 0 < report.empirical <= report.upper_bound * (1 + 1e-4)
+
+
+def test_audit_of_an_unknown_module_gives_no_bound_but_an_empirical_estimate() -> None:
+    class Doubler(nn.Module):
+        def forward(self, input: torch.Tensor) -> torch.Tensor:
+            return 2 * input
+
+    report = lipschitz_audit(nn.Sequential(nn.Flatten(), Doubler()), (4,))
+    assert report.upper_bound is None
+    assert report.unknown == ["1"]
+    assert report.empirical == pytest.approx(2.0, rel=1e-4)
+
+
+def test_audit_respects_padding_and_stride_of_the_actual_operator() -> None:
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    # on a 1x1 image only the centre tap acts (zero padding): the norm is 1, not 9 (full kernel)
+    assert lipschitz_audit(conv, (1, 1, 1), empirical=False).layers[0].operator_norm == pytest.approx(1.0)
+    assert lipschitz_audit(conv, (1, 16, 16), empirical=False).layers[0].operator_norm > 8.0
+
+
+def test_gradient_norm_preservation_of_a_square_orthogonal_mlp() -> None:
+    torch.manual_seed(0)
+    model = LipschitzMLP(32, 4, hidden_features=(32, 32))
+    report = lipschitz_audit(model, (32,), num_starts=32)
+    assert report.upper_bound <= 1 + 1e-4
+    assert report.empirical <= 1 + 1e-4
+    assert report.gradient_norm_min >= 0.999
+    assert report.gradient_norm_mean <= 1 + 1e-5
+
+
+def test_gradient_norms_of_the_top_output() -> None:
+    layer = OrthogonalLinear(6, 6)
+    torch.testing.assert_close(gradient_norms(layer, torch.randn(5, 6)), torch.ones(5), rtol=1e-5, atol=0)
+
+
+def _small_models() -> list[tuple[nn.Module, tuple[int, ...]]]:
+    torch.manual_seed(0)
+    return [
+        (
+            LipschitzMLP(64, 10, hidden_features=(32, 16), normalize_mean=[0.5], normalize_std=[0.25]),
+            (1, 8, 8),
+        ),
+        (LipschitzConvNet(1, 10, image_size=28, channels=(8, 8, 16, 16, 32)), (1, 28, 28)),
+        (
+            LipschitzResNet(
+                3,
+                5,
+                width_multiplier=0.125,
+                stage_blocks=(1, 1, 1, 1),
+                normalize_mean=[0.4] * 3,
+                normalize_std=[0.2] * 3,
+            ),
+            (3, 64, 64),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_vanilla_export_is_equivalent_and_plain(index: int, tmp_path) -> None:
+    model, shape = _small_models()[index]
+    model.train()
+    x = torch.rand(4, *shape)
+    exported = vanilla_export(model)
+    assert model.training  # the input model is left as it was
+    model.eval()
+    torch.testing.assert_close(exported(x), model(x), atol=1e-5, rtol=0)
+    for module in exported.modules():
+        assert type(module).__module__.startswith("torch."), type(module)
+        assert not hasattr(module, "parametrizations")
+    # loads and runs where lightning_ot cannot be imported
+    torch.save(exported, tmp_path / "model.pt")
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(model(x).detach(), tmp_path / "y.pt")
+    script = (
+        "import sys; sys.modules['lightning_ot'] = None\n"
+        "import torch\n"
+        f"m = torch.load(r'{tmp_path / 'model.pt'}', weights_only=False)\n"
+        f"x = torch.load(r'{tmp_path / 'x.pt'}'); y = torch.load(r'{tmp_path / 'y.pt'}')\n"
+        "torch.testing.assert_close(m(x), y, atol=1e-5, rtol=0); print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_vanilla_export_to_onnx(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model, shape = _small_models()[1]
+    exported = vanilla_export(model)
+    path = tmp_path / "convnet.onnx"
+    torch.onnx.export(exported, (torch.rand(2, *shape),), str(path), dynamo=True)
+    onnx.checker.check_model(onnx.load(str(path)))

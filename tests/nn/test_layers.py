@@ -1,0 +1,233 @@
+"""Bounds (numerically, after training steps), tightness, caching, state dicts, compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_ot.nn import (
+    GlobalL2NormPool2d,
+    GroupSort,
+    InvertibleDownsampling,
+    L2NormPool2d,
+    LipschitzResidual,
+    MaxMin,
+    OrthogonalConv2d,
+    OrthogonalLinear,
+    bjorck_orthonormalize,
+    compose_kernels,
+    lipschitz_audit,
+)
+
+BOUND = 1 + 1e-4
+
+
+def _train_randomly(module: nn.Module, input_shape: tuple[int, ...], steps: int = 5) -> None:
+    """A few large Adam steps on a random objective, so the raw parameters leave their init."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        output = module(torch.randn(4, *input_shape))
+        (output * torch.randn_like(output)).sum().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 3, 12])
+@pytest.mark.parametrize("shape", [(8, 16), (16, 8), (3, 6, 6)])
+def test_bjorck_bound_holds_for_any_iteration_count(iterations: int, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    result = bjorck_orthonormalize(torch.randn(shape) * 5, iterations)
+    assert torch.linalg.matrix_norm(result, ord=2).max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bjorck_converges_to_orthogonal(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    weight = torch.linalg.qr(torch.randn(32, 32, dtype=dtype)).Q + 0.05 * torch.randn(32, 32, dtype=dtype)
+    result = bjorck_orthonormalize(weight[:, :20], 12)
+    assert result.dtype == dtype
+    torch.testing.assert_close(result.T @ result, torch.eye(20, dtype=dtype), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("in_features", "out_features"), [(16, 16), (24, 8), (8, 24)])
+def test_orthogonal_linear_bound_and_tightness_after_training(in_features: int, out_features: int) -> None:
+    torch.manual_seed(0)
+    layer = OrthogonalLinear(in_features, out_features)
+    _train_randomly(layer, (in_features,))
+    singular_values = torch.linalg.svdvals(layer.weight.detach())
+    assert singular_values.max() <= BOUND
+    assert singular_values.min() >= 0.999  # semi-orthogonal: norm-preserving on its range
+    report = lipschitz_audit(layer, (in_features,), empirical=False)
+    assert report.layers[0].operator_norm <= BOUND
+
+
+CONV_CASES = [
+    (4, 4, 3, 1),
+    (4, 8, 3, 1),
+    (8, 4, 3, 1),
+    (6, 6, 5, 1),
+    (4, 4, 1, 1),
+    (4, 16, 2, 2),
+    (4, 8, 3, 2),
+    (3, 12, 4, 2),
+]
+
+
+@pytest.mark.parametrize(("in_channels", "out_channels", "kernel_size", "stride"), CONV_CASES)
+def test_orthogonal_conv_operator_norm_after_training(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int
+) -> None:
+    torch.manual_seed(0)
+    conv = OrthogonalConv2d(in_channels, out_channels, kernel_size, stride=stride)
+    _train_randomly(conv, (in_channels, 8, 8))
+    # power iteration on the actual operator (its zero padding and stride), at two sizes
+    for size in (8, 11):
+        report = lipschitz_audit(conv, (in_channels, size, size), empirical=False, power_iterations=200)
+        assert report.layers[0].operator_norm <= BOUND
+    assert report.layers[0].operator_norm >= 0.95  # tight, not merely bounded
+
+
+@pytest.mark.parametrize(("channels", "kernel_size"), [(4, 3), (6, 5), (5, 3)])
+def test_orthogonal_conv_is_orthogonal_on_a_circular_domain(channels: int, kernel_size: int) -> None:
+    torch.manual_seed(0)
+    conv = OrthogonalConv2d(channels, channels, kernel_size)
+    _train_randomly(conv, (channels, 8, 8))
+    x = torch.randn(8, channels, 12, 12)
+    pad = kernel_size // 2
+    y = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), conv.weight.detach())
+    torch.testing.assert_close(y.flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_strided_conv_with_kernel_equal_stride_is_an_isometry() -> None:
+    torch.manual_seed(0)
+    conv = OrthogonalConv2d(4, 16, 2, stride=2, bias=False)
+    x = torch.randn(8, 4, 10, 10)
+    torch.testing.assert_close(conv(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_compose_kernels_matches_two_convolutions() -> None:
+    torch.manual_seed(0)
+    first, second = torch.randn(5, 3, 3, 3), torch.randn(4, 5, 2, 2)
+    x = torch.randn(2, 3, 12, 12)
+    expected = F.conv2d(F.conv2d(x, first, padding=1), second, stride=2)
+    torch.testing.assert_close(F.conv2d(x, compose_kernels(first, second), padding=1, stride=2), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_max_min_matches_definition_and_gradients(dtype: torch.dtype, dim: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 4, 4, dtype=dtype, requires_grad=True)
+    first, second = x.detach().chunk(2, dim=dim)
+    expected = torch.cat([torch.maximum(first, second), torch.minimum(first, second)], dim=dim)
+    output = MaxMin(dim)(x)
+    torch.testing.assert_close(output.detach(), expected)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(MaxMin(dim), (x,))
+    grad_output = torch.randn_like(output)
+    (grad,) = torch.autograd.grad(output, x, grad_output)
+    torch.testing.assert_close(grad.norm(), grad_output.norm())  # a permutation: norms preserved
+
+
+def test_max_min_rejects_odd_channels() -> None:
+    with pytest.raises(ValueError, match="even"):
+        MaxMin()(torch.randn(2, 3))
+
+
+def test_group_sort_is_a_sort_within_groups() -> None:
+    x = torch.randn(2, 8, 3)
+    output = GroupSort(4)(x)
+    torch.testing.assert_close(
+        output.unflatten(1, (2, 4)), x.unflatten(1, (2, 4)).sort(dim=2, descending=True).values
+    )
+    with pytest.raises(ValueError, match="divisible"):
+        GroupSort(3)(x)
+
+
+@pytest.mark.parametrize(("kernel_size", "stride"), [(2, None), (3, 1), (3, 2)])
+def test_l2_norm_pool_is_1_lipschitz(kernel_size: int, stride: int | None) -> None:
+    torch.manual_seed(0)
+    pool = L2NormPool2d(kernel_size, stride)
+    x, y = torch.randn(64, 2, 8, 8), torch.randn(64, 2, 8, 8)
+    ratio = (pool(x) - pool(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+    assert ratio.max() <= BOUND
+    # the output is an L2 norm of each (scaled) window: its input gradient has norm 1 per window
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(pool(x)[:, :, 0, 0].sum(), x)
+    if stride is None:
+        torch.testing.assert_close(grad[:, :, :2, :2].flatten(2).norm(dim=2), torch.ones(64, 2))
+
+
+def test_global_l2_norm_pool_and_invertible_downsampling_preserve_norms() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(GlobalL2NormPool2d()(x), x.flatten(2).norm(dim=2))
+    down = InvertibleDownsampling(2)(x)
+    torch.testing.assert_close(down, nn.PixelUnshuffle(2)(x))
+    torch.testing.assert_close(down.norm(), x.norm())
+    with pytest.raises(ValueError, match="divisible"):
+        InvertibleDownsampling(3)(x)
+
+
+def test_residual_block_bound() -> None:
+    torch.manual_seed(0)
+    block = LipschitzResidual(nn.Sequential(OrthogonalConv2d(4, 4, 3), MaxMin(), OrthogonalConv2d(4, 4, 3)))
+    _train_randomly(block, (4, 8, 8))
+    report = lipschitz_audit(block, (4, 8, 8), num_starts=8)
+    assert report.upper_bound <= BOUND
+    assert report.empirical <= BOUND
+
+
+def test_weights_are_cached_in_eval_and_refreshed_when_parameters_change() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(OrthogonalConv2d(2, 4, 3), MaxMin(), nn.Flatten(), OrthogonalLinear(64, 2))
+    conv, linear = model[0], model[3]
+    assert conv.weight is not conv.weight  # training: recomputed, differentiable
+    model.eval()
+    assert conv.weight is conv.weight
+    assert linear.weight is linear.weight
+    assert not conv.weight.requires_grad
+    cached = conv.weight
+    with torch.inference_mode():
+        model(torch.randn(1, 2, 4, 4))
+    # the cache is built outside inference mode: input gradients still work in eval
+    x = torch.randn(3, 2, 4, 4, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None
+    model.train()
+    _train_randomly(model, (2, 4, 4), steps=1)
+    model.eval()
+    assert not torch.equal(conv.weight, cached)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    other = nn.Sequential(OrthogonalConv2d(2, 4, 3), MaxMin(), nn.Flatten(), OrthogonalLinear(64, 2)).eval()
+    before = other[0].weight
+    other.load_state_dict(state)
+    assert not torch.equal(other[0].weight, before)
+    torch.testing.assert_close(other[0].weight, conv.weight)
+
+
+def test_no_cache_or_mutable_buffer_in_state_dict() -> None:
+    """DDP safety: the layers hold parameters only (no buffer changes in a step), caches are not state."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrthogonalConv2d(2, 4, 3), MaxMin(), L2NormPool2d(2), nn.Flatten(), OrthogonalLinear(16, 2)
+    )
+    assert list(model.buffers()) == []
+    model.eval()
+    model(torch.randn(1, 2, 4, 4))
+    keys = set(model.state_dict())
+    assert all("cache" not in key for key in keys)
+    assert keys == {name for name, _ in model.named_parameters()}
+
+
+def test_torch_compile_of_a_small_backbone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrthogonalConv2d(1, 4, 3), MaxMin(), L2NormPool2d(2), nn.Flatten(), OrthogonalLinear(16, 2)
+    )
+    compiled = torch.compile(model, backend="aot_eager")
+    x = torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    assert model[0].orthogonal.grad is not None
