@@ -41,9 +41,32 @@ def _assert_states_close(actual: dict, expected: dict, atol: float) -> None:
         torch.testing.assert_close(actual[name], value, atol=atol, rtol=0, msg=name)
 
 
+# Set by a launcher (torchrun, SLURM, or an earlier in-process DDP run): a child seeing them would not
+# launch its peers and wait for them forever.
+LAUNCH_VARIABLES = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "SLURM_JOB_ID",
+)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict] | Path]:
-    root = tmp_path_factory.mktemp("lightning_ddp")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in LAUNCH_VARIABLES:
+            patch.delenv(name, raising=False)
+        return _all_runs(tmp_path_factory.mktemp("lightning_ddp"))
+
+
+def _all_runs(root: Path) -> dict[str, list[dict] | Path]:
     ddp = _fit(root / "ddp", devices=2, max_epochs=1)
     single = _fit(root / "single", devices=1, max_epochs=1)
     checkpoint = root / "ddp" / "last.ckpt"
