@@ -68,3 +68,34 @@ def test_bf16_mixed_keeps_loss_and_certificates_in_float32_and_compiled_backbone
     assert model.backbone._compiled_call_impl is not None
     assert set(model.state_dict()) == keys  # compiled in place: checkpoints keep their names
     assert trainer.callback_metrics["val/certified_acc@0.1"].dtype == torch.float32
+
+
+def _operator_norm(apply: Any, adjoint: Any, shape: tuple[int, ...]) -> float:
+    vector = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for _ in range(60):
+        vector = adjoint(apply(vector))
+        vector = vector / vector.norm()
+    return float(apply(vector).norm() / vector.norm())
+
+
+def test_orthogonal_weights_stay_orthogonal_under_bf16_autocast() -> None:
+    """Mixed precision must not run the Björck iterations in bfloat16 (they then diverge)."""
+    from torch.nn import functional
+
+    from lightning_ot.nn import OrthogonalConv2d, OrthogonalLinear
+
+    torch.manual_seed(0)
+    linear, conv = OrthogonalLinear(128, 128), OrthogonalConv2d(16, 16, 3)
+    with torch.no_grad():  # far from orthogonal, as during training
+        for parameter in [*linear.parameters(), *conv.parameters()]:
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        matrix, kernel = linear.weight, conv.weight
+    assert float(torch.linalg.matrix_norm(matrix.double(), 2)) < 1.0 + 1e-3
+    kernel = kernel.double()
+    norm = _operator_norm(
+        lambda x: functional.conv2d(x, kernel, padding=1),
+        lambda y: functional.conv_transpose2d(y, kernel, padding=1),
+        (1, 16, 12, 12),
+    )
+    assert norm < 1.0 + 1e-3
