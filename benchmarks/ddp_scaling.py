@@ -140,7 +140,7 @@ def _imagenet_step_times(device: str, batch: int, steps: int, bf16: bool) -> tup
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(steps + 2):
+    for _ in range(steps + 1):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -153,7 +153,7 @@ def _imagenet_step_times(device: str, batch: int, steps: int, bf16: bool) -> tup
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
-    return times[2:], peak
+    return times[1:], peak
 
 
 def imagenet(device: str, batch: int, steps: int) -> dict[str, float]:
