@@ -58,11 +58,18 @@ class OTClassifier(pl.LightningModule):
         output_lipschitz: ``"joint"`` if the whole output vector is ``lipschitz``-Lipschitz (true for
             this project's backbones), ``"per_output"`` if only each output is.
         certified_eps: radii at which certified robust accuracy is logged.
+        compile_backbone: compile the backbone with ``torch.compile`` (in place, so parameter names and
+            checkpoints are unchanged): ``True``, or a dict of ``torch.compile`` keyword arguments
+            (``mode``, ``backend``, ``dynamic``, ``fullgraph``). Only the backbone is compiled: the
+            loss, metrics and logging stay eager.
         audit_lipschitz: at the start of fit, measure the backbone's Lipschitz constant empirically
             (gradient ascent on the first training batch, see :func:`~lightning_ot.nn.lipschitz_audit`)
             and refuse to train, with a ``ValueError``, a backbone that exceeds ``lipschitz``.
         lipschitz_tolerance: relative slack of that check: refuse when the measured constant exceeds
             ``lipschitz * (1 + lipschitz_tolerance)``.
+
+    Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before
+    the loss, the certificates and the metrics, so only the backbone runs in low precision.
 
     Subclass and override :meth:`compute_loss` or :meth:`certified_radius` to change the loss or the
     certificate without touching the training loop.
@@ -84,6 +91,7 @@ class OTClassifier(pl.LightningModule):
         lipschitz: float | None = None,
         output_lipschitz: OutputLipschitz = "joint",
         certified_eps: Sequence[float] = (0.1, 0.25, 0.5),
+        compile_backbone: bool | dict[str, Any] = False,
         audit_lipschitz: bool = True,
         lipschitz_tolerance: float = 0.05,
     ) -> None:
@@ -103,6 +111,8 @@ class OTClassifier(pl.LightningModule):
             self._hparams_initial.pop(key, None)
 
         self.backbone = backbone
+        if compile_backbone:
+            self.backbone.compile(**(compile_backbone if isinstance(compile_backbone, dict) else {}))
         self.num_classes = num_classes
         self.loss = loss if loss is not None else (HKRLoss() if num_classes == 2 else SoftHKRLoss())
         self.optimizer_factory = optimizer
@@ -129,6 +139,13 @@ class OTClassifier(pl.LightningModule):
 
     def forward(self, input: Tensor) -> Tensor:
         return self.backbone(input)
+
+    def _float32_logits(self, input: Tensor) -> Tensor:
+        """The backbone's logits, in float32 when it ran in half precision (autocast)."""
+        logits = self(input)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return logits
 
     def compute_loss(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The loss to minimize under ``"loss"``, plus any components to log (``"kr"``, ``"hinge"``).
@@ -228,7 +245,7 @@ class OTClassifier(pl.LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         input, target = batch[0], batch[1]
-        logits = self(input)
+        logits = self._float32_logits(input)
         self._check_output_width(logits)
         terms = self.compute_loss(logits, target)
         batch_size = input.shape[0]
@@ -276,7 +293,7 @@ class OTClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         input = batch[0] if isinstance(batch, list | tuple) else batch
-        logits = self(input)
+        logits = self._float32_logits(input)
         return {
             "logits": logits,
             "prediction": self.predict_labels(logits),

@@ -32,12 +32,16 @@ class WeightCache:
         return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
 
     def get(self, owner: nn.Module, sources: Sequence[Tensor], compute: Callable[[], Tensor]) -> Tensor:
+        # The constrained weight is computed in float32 even under mixed precision (autocast): Björck
+        # iterations in bfloat16 do not converge to an orthogonal matrix (spectral norms of 3 seen).
+        full_precision = torch.autocast(sources[0].device.type, enabled=False)
         if torch.compiler.is_compiling() or (owner.training and torch.is_grad_enabled()):
             self.key = self.value = None
-            return compute()
+            with full_precision:
+                return compute()
         key = self._key(sources)
         if self.value is None or key != self.key:
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), full_precision:
                 self.value = compute()
             self.key = key
         return self.value
