@@ -288,7 +288,8 @@ class OTClassifier(pl.LightningModule):
     def _log_certified(self, metric: CertifiedRobustAccuracy, stage: str) -> None:
         values = metric.compute()
         for eps, value in zip(metric.eps, values, strict=True):
-            self.log(f"{stage}/certified_acc@{eps:g}", value)
+            # Already synced by the metric; sync_dist only tells Lightning so (same value on every rank).
+            self.log(f"{stage}/certified_acc@{eps:g}", value, sync_dist=True)
         metric.reset()
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
