@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert "hinge_weight" in (site / "api" / "losses" / "index.html").read_text()
 
 
-def test_every_page_of_the_nav_exists_or_is_pending() -> None:
+def test_every_page_of_the_nav_exists() -> None:
     import yaml
 
     class _Loader(yaml.SafeLoader):
@@ -55,13 +54,5 @@ def test_every_page_of_the_nav_exists_or_is_pending() -> None:
             return [page for value in node for page in pages(value)]
         return []
 
-    # The hook's stand-in pages, read without importing mkdocs (the test runs without the docs extra).
-    hook = ast.parse((REPO_ROOT / "docs" / "hooks" / "pending_pages.py").read_text())
-    (pending_dict,) = [
-        node.value
-        for node in hook.body
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PENDING_PAGES"
-    ]
-    pending = {key.value for key in pending_dict.keys}
     for page in pages(config["nav"]):
-        assert (REPO_ROOT / "docs" / page).is_file() or page in pending, page
+        assert (REPO_ROOT / "docs" / page).is_file(), page
