@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,25 @@ def _payloads(path: Path) -> Iterator[bytes]:
             position += left_in_block - CHUNK_HEADER - length
 
 
-def records(run_dir: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """Every record of the offline run in ``run_dir`` (a ``wandb/offline-run-*`` folder)."""
+def records(run_dir: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """Every record of the finished offline run in ``run_dir`` (a ``wandb/offline-run-*`` folder).
+
+    W&B's service writes the file in the background and may still be flushing it after ``finish()``
+    returns: wait (up to ``timeout`` seconds) for the run's exit record.
+    """
     (run_file,) = Path(run_dir).glob("run-*.wandb")
-    for payload in _payloads(run_file):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        yield record
+    deadline = time.monotonic() + timeout
+    while True:
+        parsed = []
+        for payload in _payloads(run_file):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            parsed.append(record)
+        if any(record.WhichOneof("record_type") == "exit" for record in parsed):
+            return parsed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_file} has no exit record after {timeout} s: the run did not finish")
+        time.sleep(0.2)
 
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
