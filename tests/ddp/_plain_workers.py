@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_ot.losses import HKRLoss, SoftHKRLoss
+from lightning_ot.metrics import CertifiedRobustAccuracy, Deletion, Insertion, Sparseness
 from lightning_ot.models import LipschitzMLP
 
 STEPS = 3
@@ -67,11 +68,38 @@ def train(case: str, rank: int = 0, world_size: int = 1) -> dict[str, object]:
     }
 
 
+def metric_values(rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
+    """Certified accuracy and explanation metrics, rank ``r`` of ``W`` updating with rows ``r::W``.
+
+    ``compute()`` syncs the metric states over the ranks: every rank must get the full-data value.
+    """
+    generator = torch.Generator().manual_seed(7)
+    inputs = torch.rand(10, 1, 6, 6, generator=generator)
+    explanations = torch.randn(10, 1, 6, 6, generator=generator)
+    target = torch.randint(0, 3, (10,), generator=generator)
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    metrics = {
+        "certified": CertifiedRobustAccuracy(eps=[0.0, 0.05], lipschitz=2.0),
+        "deletion": Deletion(model, steps=5),
+        "insertion": Insertion(model, steps=5),
+        "sparseness": Sparseness(),
+    }
+    shard = slice(rank, None, world_size)
+    with torch.no_grad():
+        metrics["certified"].update(model(inputs[shard]), target[shard])
+    metrics["deletion"].update(inputs[shard], explanations[shard], target[shard])
+    metrics["insertion"].update(inputs[shard], explanations[shard], target[shard])
+    metrics["sparseness"].update(explanations[shard])
+    return {name: metric.compute() for name, metric in metrics.items()}
+
+
 def worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        results = {case: train(case, rank, world_size) for case in CASES}
+        results: dict[str, object] = {case: train(case, rank, world_size) for case in CASES}
+        results["metrics"] = metric_values(rank, world_size)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -58,3 +58,15 @@ def test_local_class_means_would_differ(ddp_results: list[dict]) -> None:
         local_mean = (loss_fn(logits[0::2], labels[0, 0::2]) + loss_fn(logits[1::2], labels[0, 1::2])) / 2
     assert abs(float(global_loss) - float(local_mean)) > 1e-3
     assert abs(ddp_results[0]["binary"]["losses"][0] - float(global_loss)) < 1e-5
+
+
+def test_metrics_are_synced_over_ranks(ddp_results: list[dict]) -> None:
+    """Certified accuracy and the explanation metrics, each rank updated with half of the samples,
+    compute the full-data value on both ranks."""
+    reference = workers.metric_values()
+    for rank in range(2):
+        for name, value in reference.items():
+            torch.testing.assert_close(ddp_results[rank]["metrics"][name], value, msg=f"rank {rank} {name}")
+    # Half of the samples alone gives other values: the comparison does test the synchronization.
+    half = workers.metric_values(rank=0, world_size=2)  # no process group here: local states only
+    assert all(not torch.allclose(half[name], reference[name]) for name in reference)
