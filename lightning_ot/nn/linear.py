@@ -66,20 +66,29 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
         exponent = 1.0 / 2**_NORMALIZATION_SQUARINGS
         norm_squared = (frobenius * power.norm(dim=(-2, -1), keepdim=True).pow(exponent)).clamp_min(tiny)
     gram = gram / norm_squared
+    matrix = matrix / norm_squared.sqrt()
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     early_stop = tolerance is not None and not torch.compiler.is_compiling()
+    # near-square: X <- 1.5 X - 0.5 (X X^T) X costs two products a step, fewer than the three of the
+    # Gram form below, which pays off for wide matrices (n >= 1.5 m)
+    direct = 2 * matrix.shape[-1] < 3 * matrix.shape[-2]
     factor: Tensor | None = None
     for step_index in range(iterations):
         last = step_index + 1 == iterations
         if early_stop and not last:
             with torch.no_grad():
                 last = bool((gram - eye).norm(dim=(-2, -1)).max() <= tolerance)
+        if direct:
+            matrix = torch.add(1.5 * matrix, gram @ matrix, alpha=-0.5)
+            if last:
+                break
+            gram = matrix @ matrix.mT
+            continue
         step = torch.add(1.5 * eye, gram, alpha=-0.5)
         factor = step if factor is None else step @ factor
         if last:
             break
         gram = step @ gram @ step
-    matrix = matrix / norm_squared.sqrt()
     if factor is not None:
         matrix = factor @ matrix
     result = matrix if wide else matrix.mT
