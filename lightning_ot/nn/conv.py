@@ -182,14 +182,18 @@ class OrthogonalConv2d(nn.Module):
             assert self.reshaped is not None
             block = bjorck_orthonormalize(self.reshaped, self.iterations)
             return block.reshape(self.out_channels, self.in_channels, step, step)
-        kernel = bjorck_orthonormalize(self.orthogonal, self.iterations)[:, :, None, None]
+        kernel = bjorck_orthonormalize(self.orthogonal, self.iterations)
+        if step == 1:
+            # the projection steps multiply from the output side: keep only the input columns used
+            kernel = kernel[:, : self.in_channels]
+        kernel = kernel[:, :, None, None]
         if self.projections is not None:
             bases = bjorck_orthonormalize(self.projections, self.iterations)
             for index in range(self.bcop_size - 1):
                 kernel = _projection_step(kernel, bases[2 * index], dim=-1)
                 kernel = _projection_step(kernel, bases[2 * index + 1], dim=-2)
         if step == 1:
-            return kernel[: self.out_channels, : self.in_channels].contiguous()
+            return kernel[: self.out_channels].contiguous()
         assert self.reshaped is not None
         block = bjorck_orthonormalize(self.reshaped, self.iterations)
         block = block.reshape(self.out_channels, self.in_channels, step, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,40 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 __all__ = ["GlobalL2NormPool2d", "InvertibleDownsampling", "L2NormPool2d", "l2_norm_pool2d"]
+
+
+class _L2NormPoolFunction(torch.autograd.Function):
+    """L2-norm pooling with a backward of two passes over the input.
+
+    ``output = sqrt(scale * avg_pool(x^2) + eps)``, so ``grad_x = x * avg_pool_backward(scale * grad /
+    output)``: one small elementwise op on the pooled gradient, the spreading back over the windows and
+    one product with the saved input (autograd's chain of ``sqrt``, ``mul``, ``avg_pool2d`` and ``x * x``
+    makes three more full-size passes). The backward is itself differentiable (double backward).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        scale: float,
+        eps: float,
+    ) -> Tensor:
+        output = F.avg_pool2d(input * input, kernel, stride, padding).mul_(scale).add_(eps).sqrt_()
+        ctx.save_for_backward(input, output)
+        ctx.pooling = (kernel, stride, padding)
+        ctx.scale = scale
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, output = ctx.saved_tensors
+        kernel, stride, padding = ctx.pooling
+        pooled = grad_output * ctx.scale / output
+        spread = torch.ops.aten.avg_pool2d_backward(pooled, input, kernel, stride, padding, False, True, None)
+        return spread * input, None, None, None, None, None
 
 
 def l2_norm_pool2d(
@@ -29,10 +64,16 @@ def l2_norm_pool2d(
     """
     kernel = _pair(kernel_size)
     step = _pair(stride) if stride is not None else kernel
+    pad = _pair(padding)
     overlap = math.ceil(kernel[0] / step[0]) * math.ceil(kernel[1] / step[1])
-    area = kernel[0] * kernel[1]
-    sums = F.avg_pool2d(input * input, kernel, step, padding) * (area / overlap)
-    return (sums + eps).sqrt()
+    scale = kernel[0] * kernel[1] / overlap
+    if (
+        isinstance(input, torch.fx.Proxy)
+        or torch.compiler.is_compiling()
+        or not (torch.is_grad_enabled() and input.requires_grad)
+    ):
+        return (F.avg_pool2d(input * input, kernel, step, pad) * scale + eps).sqrt()
+    return _L2NormPoolFunction.apply(input, kernel, step, pad, scale, eps)
 
 
 class L2NormPool2d(nn.Module):
