@@ -27,8 +27,9 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
 
     The iteration stops early: at once when ``||X X^T - I||_F <= tolerance / 100``, or one step after
     it is ``<= tolerance`` (that last step brings every singular value within
-    ``1.5 (tolerance / 2)^2`` of 1); ``None`` always runs all ``iterations``, as under
-    ``torch.compile``. The normalizing scalar is treated as a constant by autograd: the polar factor
+    ``1.5 (tolerance / 2)^2`` of 1); ``None`` always runs all ``iterations``, as do
+    ``torch.compile`` and weights on an accelerator (the test reads a number back to the host: on a
+    GPU that synchronization costs more than the few extra matrix products it would save). The normalizing scalar is treated as a constant by autograd: the polar factor
     does not depend on the scale of ``X``.
 
     Args:
@@ -69,7 +70,7 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     gram = gram / norm_squared
     matrix = matrix / norm_squared.sqrt()
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    early_stop = tolerance is not None and not torch.compiler.is_compiling()
+    early_stop = tolerance is not None and weight.device.type == "cpu" and not torch.compiler.is_compiling()
     # near-square: X <- 1.5 X - 0.5 (X X^T) X costs two products a step, fewer than the three of the
     # Gram form below, which pays off for wide matrices (n >= 1.5 m)
     direct = 2 * matrix.shape[-1] < 3 * matrix.shape[-2]
