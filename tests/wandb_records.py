@@ -68,35 +68,33 @@ def records(run_dir: Path, timeout: float = 60.0) -> list[wandb_internal_pb2.Rec
         time.sleep(0.2)
 
 
+def _key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
 def history(run_dir: Path) -> list[dict[str, Any]]:
     """The logged history rows (``wandb.log`` calls), values decoded from JSON."""
     rows = []
     for record in records(run_dir):
         if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
-                }
-            )
+            rows.append({_key(item): json.loads(item.value_json) for item in record.history.item})
     return rows
+
+
+def _merged_updates(run_dir: Path, record_type: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for record in records(run_dir):
+        if record.WhichOneof("record_type") == record_type:
+            for item in getattr(record, record_type).update:
+                values[_key(item)] = json.loads(item.value_json)
+    return values
 
 
 def config(run_dir: Path) -> dict[str, Any]:
     """The run's config, merged over every config update."""
-    values: dict[str, Any] = {}
-    for record in records(run_dir):
-        if record.WhichOneof("record_type") == "config":
-            for item in record.config.update:
-                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return values
+    return _merged_updates(run_dir, "config")
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary, merged over every summary update."""
-    values: dict[str, Any] = {}
-    for record in records(run_dir):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return values
+    return _merged_updates(run_dir, "summary")
