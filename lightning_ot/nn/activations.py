@@ -11,12 +11,13 @@ __all__ = ["GroupSort", "MaxMin", "max_min"]
 
 
 class _MaxMinFunction(torch.autograd.Function):
-    """MaxMin with one saved mask (half the input size) and a backward of three elementwise ops.
+    """MaxMin with one saved mask (half the input size) and a backward of two elementwise ops.
 
     ``torch.where`` with a boolean condition is not vectorized on CPU (about 20x slower than
     ``torch.maximum``), so the forward writes ``maximum`` / ``minimum`` straight into the two halves
-    of the output and keeps the mask ``a >= b`` as 0/1 floats; the backward is
-    ``d = grad_max - grad_min``, ``grad_a = grad_min + m d`` and ``grad_b = grad_max - m d`` (two ``addcmul``).
+    of the output and keeps the mask ``m = (a >= b)`` as 0/1 floats; the backward is
+    ``grad_a = lerp(grad_min, grad_max, m)`` and ``grad_b = lerp(grad_max, grad_min, m)``, each written
+    into its half of the result (``lerp`` with a weight of exactly 0 or 1 returns an endpoint exactly).
     """
 
     @staticmethod
@@ -35,11 +36,15 @@ class _MaxMinFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
         (keep,) = ctx.saved_tensors
         grad_upper, grad_lower = grad_output.chunk(2, dim=ctx.dim)
-        difference = grad_upper - grad_lower
+        if torch.is_grad_enabled():
+            # double backward: out= variants are not differentiable
+            grad_first = torch.lerp(grad_lower, grad_upper, keep)
+            grad_second = torch.lerp(grad_upper, grad_lower, keep)
+            return torch.cat([grad_first, grad_second], dim=ctx.dim), None
         grad_input = torch.empty_like(grad_output, memory_format=torch.contiguous_format)
         grad_first, grad_second = grad_input.chunk(2, dim=ctx.dim)
-        torch.addcmul(grad_lower, keep, difference, out=grad_first)
-        torch.addcmul(grad_upper, keep, difference, value=-1, out=grad_second)
+        torch.lerp(grad_lower, grad_upper, keep, out=grad_first)
+        torch.lerp(grad_upper, grad_lower, keep, out=grad_second)
         return grad_input, None
 
 

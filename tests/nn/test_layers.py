@@ -18,6 +18,7 @@ from lightning_ot.nn import (
     OrthogonalLinear,
     bjorck_orthonormalize,
     compose_kernels,
+    l2_norm_pool2d,
     lipschitz_audit,
 )
 
@@ -131,6 +132,12 @@ def test_max_min_matches_definition_and_gradients(dtype: torch.dtype, dim: int) 
     torch.testing.assert_close(grad.norm(), grad_output.norm())  # a permutation: norms preserved
 
 
+def test_max_min_backward_is_twice_differentiable() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(MaxMin(), (x,))
+
+
 def test_max_min_rejects_odd_channels() -> None:
     with pytest.raises(ValueError, match="even"):
         MaxMin()(torch.randn(2, 3))
@@ -158,6 +165,25 @@ def test_l2_norm_pool_is_1_lipschitz(kernel_size: int, stride: int | None) -> No
     (grad,) = torch.autograd.grad(pool(x)[:, :, 0, 0].sum(), x)
     if stride is None:
         torch.testing.assert_close(grad[:, :, :2, :2].flatten(2).norm(dim=2), torch.ones(64, 2))
+
+
+@pytest.mark.parametrize("kernel_size", [2, 3])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9), (3, 6, 6)])
+def test_l2_norm_pool_matches_its_definition(kernel_size: int, shape: tuple[int, ...]) -> None:
+    # disjoint windows take a strided-view path (dropping rows and columns past the last window)
+    torch.manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    expected = (F.avg_pool2d(x * x, kernel_size) * kernel_size**2 + 1e-12).sqrt()
+    output = l2_norm_pool2d(x, kernel_size)
+    torch.testing.assert_close(output, expected)
+    grad_output = torch.randn_like(output)
+    (grad,) = torch.autograd.grad(output, x, grad_output)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_output)
+    torch.testing.assert_close(grad, expected_grad)
+    with torch.no_grad():
+        torch.testing.assert_close(l2_norm_pool2d(x, kernel_size), expected.detach())
+    assert torch.autograd.gradcheck(lambda t: l2_norm_pool2d(t, kernel_size), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: l2_norm_pool2d(t, kernel_size), (x,))
 
 
 def test_global_l2_norm_pool_and_invertible_downsampling_preserve_norms() -> None:
