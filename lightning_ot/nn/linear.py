@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -12,6 +15,155 @@ __all__ = ["BjorckOrthogonalization", "OrthogonalLinear", "bjorck_orthonormalize
 
 
 _NORMALIZATION_SQUARINGS = 4
+
+
+def _add_product(input: Tensor, first: Tensor, second: Tensor, beta: float, alpha: float) -> Tensor:
+    """``beta * input + alpha * first @ second`` in one fused call for (batches of) matrices."""
+    if input.dim() == 2:
+        return torch.addmm(input, first, second, beta=beta, alpha=alpha)
+    if input.dim() == 3:
+        return torch.baddbmm(input, first, second, beta=beta, alpha=alpha)
+    return torch.add(beta * input, first @ second, alpha=alpha)
+
+
+def _normalizing_scale(gram: Tensor) -> Tensor:
+    """``1 / sqrt(b)`` for an upper bound ``b`` of the largest eigenvalue of each Gram matrix (no grad).
+
+    ``b = ||G^16||_F^(1/16)``, computed from powers of ``G / ||G||_F`` so that nothing overflows; it
+    exceeds the largest eigenvalue by a factor ``m^(1/32)`` at most.
+    """
+    with torch.no_grad():
+        tiny = torch.finfo(gram.dtype).tiny
+        frobenius = gram.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+        power = gram / frobenius
+        for _ in range(_NORMALIZATION_SQUARINGS):
+            power = power @ power
+        exponent = 1.0 / 2**_NORMALIZATION_SQUARINGS
+        bound = (frobenius * power.norm(dim=(-2, -1), keepdim=True).pow(exponent)).clamp_min(tiny)
+        return bound.rsqrt()
+
+
+@dataclass
+class _BjorckTrace:
+    """What the hand-written backward of :class:`_BjorckFunction` needs from the forward."""
+
+    scale: Tensor | None = None
+    initial: Tensor | None = None
+    factor: Tensor | None = None
+    # direct form: (X_k, G_k) per step; Gram form: (F_k or None, G_k, S_k) per step
+    steps: list[tuple[Tensor | None, ...]] = field(default_factory=list)
+
+
+def _bjorck_steps(
+    matrix: Tensor, iterations: int, tolerance: float | None, trace: _BjorckTrace | None = None
+) -> Tensor:
+    """Björck's iteration on a wide ``matrix`` (``m <= n``), after scaling it to a norm <= 1.
+
+    Differentiable (and traceable by ``torch.compile``) when autograd records it; ``trace`` collects
+    what :class:`_BjorckFunction` needs to run the backward by hand.
+    """
+    gram = matrix @ matrix.mT
+    scale = _normalizing_scale(gram)
+    gram = gram * scale.square()
+    matrix = matrix * scale
+    if trace is not None:
+        trace.scale, trace.initial = scale, matrix
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    # near-square: X <- 1.5 X - 0.5 (X X^T) X costs two products a step, fewer than the three of the
+    # Gram form below (X = F X_0, F <- S F, G <- S G S, S = 1.5 I - 0.5 G), which pays off for wide
+    # matrices (n >= 1.5 m): only F X_0 and the first Gram matrix are m x m x n products
+    direct = 2 * matrix.shape[-1] < 3 * matrix.shape[-2]
+    factor: Tensor | None = None
+    for step_index in range(iterations):
+        last = step_index + 1 == iterations
+        if tolerance is not None and not last:
+            with torch.no_grad():
+                deviation = float((gram - eye).norm(dim=(-2, -1)).max())
+            if deviation <= 0.01 * tolerance:
+                break
+            last = deviation <= tolerance
+        if direct:
+            if trace is not None:
+                trace.steps.append((matrix, gram))
+            matrix = _add_product(matrix, gram, matrix, beta=1.5, alpha=-0.5)
+            if last:
+                break
+            gram = matrix @ matrix.mT
+            continue
+        step = torch.add(1.5 * eye, gram, alpha=-0.5)
+        if trace is not None:
+            trace.steps.append((factor, gram, step))
+        factor = step if factor is None else step @ factor
+        if last:
+            break
+        gram = step @ gram @ step
+    if factor is not None:
+        if trace is not None:
+            trace.factor = factor
+        matrix = factor @ matrix
+    return matrix
+
+
+class _BjorckFunction(torch.autograd.Function):
+    """Björck's iteration with a hand-written backward through its steps (the same gradient as autograd's).
+
+    The forward runs without recording a graph and keeps the few small matrices of each step; the
+    backward walks the steps in reverse with fused products: ``dX = 1.5 D - 0.5 (G D + (D X^T + X D^T) X)``
+    per direct step, and the chain rule through ``F``, ``G`` and ``S`` in the Gram form. Autograd's own
+    backward of the same steps makes about three times as many calls, which dominate the cost for
+    the small matrices of a network's layers. A double backward (``create_graph=True``) recomputes the
+    steps with autograd recording them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, matrix: Tensor, iterations: int, tolerance: float | None) -> Tensor:
+        trace = _BjorckTrace()
+        result = _bjorck_steps(matrix, iterations, tolerance, trace)
+        ctx.trace = trace
+        ctx.save_for_backward(matrix)
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
+        trace: _BjorckTrace = ctx.trace
+        if torch.is_grad_enabled():
+            (matrix,) = ctx.saved_tensors
+            with torch.enable_grad():
+                result = _bjorck_steps(matrix, len(trace.steps), None)
+            (grad,) = torch.autograd.grad(result, matrix, grad_output, create_graph=True)
+            return grad, None, None
+        assert trace.scale is not None
+        assert trace.initial is not None
+        grad = grad_output.contiguous()
+        if trace.steps and len(trace.steps[0]) == 2:  # direct form
+            for matrix, gram in reversed(trace.steps):
+                outer = grad @ matrix.mT
+                outer = outer + outer.mT
+                grad = _add_product(
+                    _add_product(grad, gram, grad, beta=1.5, alpha=-0.5), outer, matrix, 1.0, -0.5
+                )
+        elif trace.steps:  # Gram form: result = F X_0
+            assert trace.factor is not None
+            initial = trace.initial
+            grad_factor = grad @ initial.mT
+            grad = trace.factor.mT @ grad
+            grad_gram: Tensor | None = None
+            for factor, gram, step in reversed(trace.steps):
+                if factor is None:
+                    grad_step = grad_factor
+                else:
+                    grad_step = grad_factor @ factor.mT
+                    grad_factor = step @ grad_factor
+                if grad_gram is not None:
+                    # G_{k+1} = S G S, with S and G commuting (S is a polynomial in G)
+                    product = step @ gram
+                    grad_step = grad_step + grad_gram @ product + product @ grad_gram
+                    grad_gram = _add_product(grad_step, step @ grad_gram, step, beta=-0.5, alpha=1.0)
+                else:
+                    grad_gram = -0.5 * grad_step
+            assert grad_gram is not None
+            grad = _add_product(grad, grad_gram + grad_gram.mT, initial, beta=1.0, alpha=1.0)
+        return grad * trace.scale, None, None
 
 
 def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float | None = 1e-3) -> Tensor:
@@ -29,8 +181,11 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     it is ``<= tolerance`` (that last step brings every singular value within
     ``1.5 (tolerance / 2)^2`` of 1); ``None`` always runs all ``iterations``, as do
     ``torch.compile`` and weights on an accelerator (the test reads a number back to the host: on a
-    GPU that synchronization costs more than the few extra matrix products it would save). The normalizing scalar is treated as a constant by autograd: the polar factor
-    does not depend on the scale of ``X``.
+    GPU that synchronization costs more than the few extra matrix products it would save).
+
+    The normalizing scalar is treated as a constant by autograd: the polar factor does not depend on
+    the scale of ``X``. With autograd recording, the backward through the steps actually run is
+    written by hand (see :class:`_BjorckFunction`); it equals autograd's through the same steps.
 
     Args:
         weight: (*, out, in) matrix or batch of matrices.
@@ -57,46 +212,14 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
         weight = weight.float()
     wide = weight.shape[-2] <= weight.shape[-1]
     matrix = weight if wide else weight.mT
-    gram = matrix @ matrix.mT
-    tiny = torch.finfo(gram.dtype).tiny
-    with torch.no_grad():
-        # ||G^16||_F^(1/16) bounds the largest eigenvalue of G; powers of G / ||G||_F cannot overflow
-        frobenius = gram.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
-        power = gram / frobenius
-        for _ in range(_NORMALIZATION_SQUARINGS):
-            power = power @ power
-        exponent = 1.0 / 2**_NORMALIZATION_SQUARINGS
-        norm_squared = (frobenius * power.norm(dim=(-2, -1), keepdim=True).pow(exponent)).clamp_min(tiny)
-    gram = gram / norm_squared
-    matrix = matrix / norm_squared.sqrt()
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    early_stop = tolerance is not None and weight.device.type == "cpu" and not torch.compiler.is_compiling()
-    # near-square: X <- 1.5 X - 0.5 (X X^T) X costs two products a step, fewer than the three of the
-    # Gram form below, which pays off for wide matrices (n >= 1.5 m)
-    direct = 2 * matrix.shape[-1] < 3 * matrix.shape[-2]
-    factor: Tensor | None = None
-    for step_index in range(iterations):
-        last = step_index + 1 == iterations
-        if early_stop and not last:
-            with torch.no_grad():
-                deviation = float((gram - eye).norm(dim=(-2, -1)).max())
-            if deviation <= 0.01 * tolerance:
-                break
-            last = deviation <= tolerance
-        if direct:
-            matrix = torch.add(1.5 * matrix, gram @ matrix, alpha=-0.5)
-            if last:
-                break
-            gram = matrix @ matrix.mT
-            continue
-        step = torch.add(1.5 * eye, gram, alpha=-0.5)
-        factor = step if factor is None else step @ factor
-        if last:
-            break
-        gram = step @ gram @ step
-    if factor is not None:
-        matrix = factor @ matrix
-    result = matrix if wide else matrix.mT
+    compiling = torch.compiler.is_compiling()
+    if tolerance is not None and (weight.device.type != "cpu" or compiling):
+        tolerance = None
+    if torch.is_grad_enabled() and matrix.requires_grad and not compiling:
+        result = _BjorckFunction.apply(matrix, iterations, tolerance)
+    else:
+        result = _bjorck_steps(matrix, iterations, tolerance)
+    result = result if wide else result.mT
     return result.to(input_dtype)
 
 

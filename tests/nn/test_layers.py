@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_ot.nn import (
     GlobalL2NormPool2d,
@@ -21,6 +21,7 @@ from lightning_ot.nn import (
     l2_norm_pool2d,
     lipschitz_audit,
 )
+from lightning_ot.nn.linear import _bjorck_steps
 
 BOUND = 1 + 1e-4
 
@@ -50,6 +51,42 @@ def test_bjorck_converges_to_orthogonal(dtype: torch.dtype) -> None:
     result = bjorck_orthonormalize(weight[:, :20], 12)
     assert result.dtype == dtype
     torch.testing.assert_close(result.T @ result, torch.eye(20, dtype=dtype), atol=1e-5, rtol=0)
+
+
+def _bjorck_recorded_by_autograd(weight: Tensor, iterations: int, tolerance: float | None) -> Tensor:
+    wide = weight.shape[-2] <= weight.shape[-1]
+    result = _bjorck_steps(weight if wide else weight.mT, iterations, tolerance)
+    return result if wide else result.mT
+
+
+@pytest.mark.parametrize(("iterations", "tolerance"), [(0, None), (1, None), (4, None), (12, 1e-3)])
+@pytest.mark.parametrize("shape", [(8, 8), (8, 9), (6, 30), (30, 6), (3, 6, 6), (3, 4, 12), (2, 2, 5, 9)])
+def test_bjorck_hand_written_backward_matches_autograd(
+    shape: tuple[int, ...], iterations: int, tolerance: float | None
+) -> None:
+    # both the direct form (near-square) and the Gram form (wide), batched, tall and 4-D
+    torch.manual_seed(0)
+    weight = (3 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
+    grad_output = torch.randn(shape, dtype=torch.float64)
+    result = bjorck_orthonormalize(weight, iterations, tolerance)
+    expected = _bjorck_recorded_by_autograd(weight, iterations, tolerance)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
+    (grad,) = torch.autograd.grad(result, weight, grad_output)
+    (expected_grad,) = torch.autograd.grad(expected, weight, grad_output)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (4, 12)])
+def test_bjorck_double_backward_matches_autograd(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    grad_output = torch.randn(shape, dtype=torch.float64)
+    seconds = []
+    for function in (bjorck_orthonormalize, _bjorck_recorded_by_autograd):
+        (grad,) = torch.autograd.grad(function(weight, 3, None), weight, grad_output, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), weight)
+        seconds.append(second)
+    torch.testing.assert_close(seconds[0], seconds[1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(("in_features", "out_features"), [(16, 16), (24, 8), (8, 24)])
