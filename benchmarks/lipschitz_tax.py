@@ -5,9 +5,9 @@
 
 For each backbone, the training step (forward, backward, Adam step) of the lightning_ot model and of
 its plain twin with ReLU (``unconstrained_twin``) are timed in the same run, interleaved step by step
-so that a shared machine slows both alike; the ratio of the medians after warm-up is printed. On the
-5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium versions are timed too when those
-packages are installed (optional, never required). Then: peak memory of one training step of the
+so that a shared machine slows both alike; the median of the per-round ratios after warm-up is
+printed, with its quartiles. On the 5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium
+versions are timed too when those packages are installed (optional, never required). Then: peak memory of one training step of the
 ImageNet-scale ``LipschitzResNet`` at 224x224 (in a fresh subprocess), and the inference-time ratio
 of the ``vanilla_export`` of the ConvNet against its plain twin.
 """
@@ -46,8 +46,10 @@ def training_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -
     return step
 
 
-def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn so that load hits all alike."""
+def interleaved_times(
+    steps: dict[str, Callable[[], None]], repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calling them in turn so that load hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for index in range(warmup + repeats):
         for name, step in steps.items():
@@ -56,7 +58,18 @@ def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warm
             elapsed = time.perf_counter() - start
             if index >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles of the per-round ratios ``times[i] / baseline[i]``.
+
+    A round times every model back to back, so a load spike that slows one round slows both sides of
+    its ratio; the median over rounds is steadier than the ratio of two medians.
+    """
+    ratios = sorted(value / base for value, base in zip(times, baseline, strict=True))
+    quartiles = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), quartiles[0], quartiles[2]
 
 
 def peer_convnets() -> dict[str, nn.Module]:
@@ -124,12 +137,15 @@ def compare(
         }
         for name, peer in (peers or {}).items():
             steps[name] = training_step(peer, batch, target)
-        medians = interleaved_medians(steps, repeats, warmup)
-        base = medians["plain twin (ReLU)"]
-        for name, seconds in medians.items():
-            ratio = seconds / base
+        times = interleaved_times(steps, repeats, warmup)
+        base = times["plain twin (ReLU)"]
+        for name, values in times.items():
+            ratio, low, high = paired_ratio(values, base)
             results.setdefault(name, {})[batch_size] = ratio
-            print(f"  batch {batch_size:4d}  {name:20s} {1000 * seconds:9.1f} ms/step   ratio {ratio:5.2f}x")
+            print(
+                f"  batch {batch_size:4d}  {name:20s} {1000 * statistics.median(values):9.1f} ms/step   "
+                f"ratio {ratio:5.2f}x (quartiles {low:.2f}-{high:.2f})"
+            )
     return results
 
 
@@ -145,11 +161,12 @@ def inference_ratio(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
 
         return call
 
-    medians = interleaved_medians({"twin": run(twin), "exported": run(exported)}, repeats, 3)
-    ratio = medians["exported"] / medians["twin"]
+    times = interleaved_times({"twin": run(twin), "exported": run(exported)}, repeats, 3)
+    ratio, low, high = paired_ratio(times["exported"], times["twin"])
     print(
-        f"\n== inference, batch {batch_size}: exported {1000 * medians['exported']:.1f} ms, plain twin "
-        f"{1000 * medians['twin']:.1f} ms, ratio {ratio:.2f}x"
+        f"\n== inference, batch {batch_size}: exported {1000 * statistics.median(times['exported']):.1f} ms, "
+        f"plain twin {1000 * statistics.median(times['twin']):.1f} ms, ratio {ratio:.2f}x "
+        f"(quartiles {low:.2f}-{high:.2f})"
     )
     return ratio
 

@@ -21,6 +21,7 @@ from lightning_ot.nn import (
     l2_norm_pool2d,
     lipschitz_audit,
 )
+from lightning_ot.nn.conv import _orthonormal_bases
 from lightning_ot.nn.linear import _bjorck_steps
 
 BOUND = 1 + 1e-4
@@ -143,6 +144,16 @@ def test_strided_conv_with_kernel_equal_stride_is_an_isometry() -> None:
     conv = OrthogonalConv2d(4, 16, 2, stride=2, bias=False)
     x = torch.randn(8, 4, 10, 10)
     torch.testing.assert_close(conv(x).flatten(1).norm(dim=1), x.flatten(1).norm(dim=1), rtol=1e-5, atol=0)
+
+
+def test_projection_bases_give_the_projector_of_the_bjorck_construction() -> None:
+    # on a CPU the BCOP projections use QR bases: the same projectors as Björck's, exactly at the limit
+    torch.manual_seed(0)
+    matrices = torch.randn(4, 12, 6, dtype=torch.float64)
+    bases = _orthonormal_bases(matrices, iterations=12)
+    torch.testing.assert_close(bases.mT @ bases, torch.eye(6, dtype=torch.float64).expand(4, 6, 6))
+    bjorck = bjorck_orthonormalize(matrices, iterations=30, tolerance=None)
+    torch.testing.assert_close(bases @ bases.mT, bjorck @ bjorck.mT)
 
 
 def test_compose_kernels_matches_two_convolutions() -> None:
