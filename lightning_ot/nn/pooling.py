@@ -126,7 +126,14 @@ def l2_norm_pool2d(
     scale = kernel[0] * kernel[1] / overlap
     if isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling():
         return (F.avg_pool2d(input * input, kernel, step, pad) * scale + eps).sqrt()
-    disjoint = step == kernel and pad == (0, 0)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"L2-norm pooling expects (B, C, H, W) or (C, H, W) input, got shape {tuple(input.shape)}"
+        )
+    # windows larger than the input go to avg_pool2d, which rejects them clearly
+    disjoint = (
+        step == kernel and pad == (0, 0) and input.shape[-2] >= kernel[0] and input.shape[-1] >= kernel[1]
+    )
     if not (torch.is_grad_enabled() and input.requires_grad):
         if disjoint:
             return _disjoint_sum_of_squares(input, kernel).add_(eps).sqrt_()

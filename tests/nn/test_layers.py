@@ -234,6 +234,13 @@ def test_l2_norm_pool_matches_its_definition(kernel_size: int, shape: tuple[int,
     assert torch.autograd.gradgradcheck(lambda t: l2_norm_pool2d(t, kernel_size), (x,))
 
 
+def test_l2_norm_pool_rejects_inputs_that_are_not_images() -> None:
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        L2NormPool2d(2)(torch.randn(4, 4, requires_grad=True))
+    with pytest.raises(RuntimeError, match="too small"):
+        L2NormPool2d(2)(torch.randn(1, 2, 1, 5, requires_grad=True))
+
+
 def test_global_l2_norm_pool_and_invertible_downsampling_preserve_norms() -> None:
     x = torch.randn(4, 3, 8, 8)
     torch.testing.assert_close(GlobalL2NormPool2d()(x), x.flatten(2).norm(dim=2))
