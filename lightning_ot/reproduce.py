@@ -50,6 +50,7 @@ from lightning_ot.metrics import (
     Sparseness,
     certified_radius,
 )
+from lightning_ot.metrics._xai import spearman
 from lightning_ot.models import unconstrained_twin
 from lightning_ot.module import OTClassifier
 from lightning_ot.nn import lipschitz_audit
@@ -129,7 +130,8 @@ class NetworkResults:
 
 
 def spearman_distance(first: Tensor, second: Tensor) -> Tensor:
-    """(B,) ``1 - rho``, with ``rho`` the Spearman rank correlation of each pair of flattened maps.
+    """(B,) ``1 - rho``, with ``rho`` the Spearman rank correlation of each pair of flattened maps
+    (tied values share their average rank, as in the Stability and MuFidelity metrics).
 
     0 for maps that order their features identically, 1 for unrelated ones, 2 for reversed ones.
 
@@ -141,16 +143,7 @@ def spearman_distance(first: Tensor, second: Tensor) -> Tensor:
         raise ValueError(
             f"the maps must have the same shape, got {tuple(first.shape)} and {tuple(second.shape)}"
         )
-
-    def ranks(values: Tensor) -> Tensor:
-        values = values.flatten(1).double()
-        return values.argsort(dim=1).argsort(dim=1).double()
-
-    first_ranks, second_ranks = ranks(first), ranks(second)
-    first_ranks = first_ranks - first_ranks.mean(dim=1, keepdim=True)
-    second_ranks = second_ranks - second_ranks.mean(dim=1, keepdim=True)
-    correlation = (first_ranks * second_ranks).sum(1) / (first_ranks.norm(dim=1) * second_ranks.norm(dim=1))
-    return (1.0 - correlation).float()
+    return (1.0 - spearman(first.flatten(1).double(), second.flatten(1).double())).float()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -108,9 +107,8 @@ def test_recipe_parses(name: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STEPPED))
-def test_recipe_runs_one_step(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recipe_runs_one_step(name: str) -> None:
     _skip_without_backbone(name)
-    monkeypatch.chdir(tmp_path)
     shape, num_classes, extra = STEPPED[name]
     args: list[Any] = [
         "--recipe", name,

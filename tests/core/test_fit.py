@@ -52,17 +52,13 @@ def test_print_config_shows_the_recipe_with_overrides(tmp_path: Path) -> None:
     assert config["trainer"]["logger"]["init_args"]["offline"] is True
 
 
-def test_fast_dev_run_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_fast_dev_run_in_process(capsys: pytest.CaptureFixture[str]) -> None:
     cli = main(["--recipe", "quickstart", "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
     assert cli.trainer.global_step == 1
     assert "validation accuracy:" in capsys.readouterr().out
 
 
-def test_without_logger_the_config_lands_in_the_root_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_without_logger_the_config_lands_in_the_root_dir(tmp_path: Path) -> None:
     limits = [
         "--trainer.limit_train_batches",
         "2",

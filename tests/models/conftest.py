@@ -1,16 +1,5 @@
-"""One torch thread: on a shared 2-core machine, 2-thread small matmuls contend badly."""
+"""Every test of this folder runs with one torch thread (see ``tests/one_thread.py``)."""
 
-from __future__ import annotations
+from tests.one_thread import one_torch_thread
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+__all__ = ["one_torch_thread"]
