@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from lightning_ot.nn._cache import cached_weights
 from lightning_ot.nn.activations import GroupSort, MaxMin, max_min
+from lightning_ot.nn.bounds import certify_weight, operator_norm_bound
 from lightning_ot.nn.conv import OrthogonalConv2d, compose_kernels
 from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bjorck_orthonormalize
 from lightning_ot.nn.normalization import Normalize
@@ -25,6 +27,8 @@ __all__ = [
     "OrthogonalConv2d",
     "OrthogonalLinear",
     "bjorck_orthonormalize",
+    "cached_weights",
+    "certify_weight",
     "compose_kernels",
     "empirical_lipschitz",
     "gradient_norms",
@@ -32,6 +36,7 @@ __all__ = [
     "l2_norm_pool2d",
     "lipschitz_audit",
     "max_min",
+    "operator_norm_bound",
     "vanilla_export",
 ]
 

@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightCache"]
+__all__ = ["WeightCache", "cached_weights"]
+
+_forced_caching = 0
+
+
+@contextmanager
+def cached_weights() -> Iterator[None]:
+    """Inside, constrained weights are cached (and certified) even in training mode with gradients on.
+
+    The layers of :mod:`lightning_ot.nn` then compute each weight once, without a graph to their
+    parameters, as in eval mode: what explanations and audits of a model in training mode need
+    (input gradients only). The parameters receive no gradient through such a weight.
+
+    Example:
+        >>> from lightning_ot.nn import OrthogonalLinear
+        >>> layer = OrthogonalLinear(4, 4)
+        >>> with cached_weights():
+        ...     layer.weight is layer.weight
+        True
+        >>> layer.weight is layer.weight
+        False
+    """
+    global _forced_caching
+    _forced_caching += 1
+    try:
+        yield
+    finally:
+        _forced_caching -= 1
 
 
 class WeightCache:
     """Holds one computed weight and the identity (storage, version, dtype, device) of its sources.
 
-    The weight is reused when the owning module is in eval mode or autograd is off, and recomputed
-    (outside inference mode and without a graph) as soon as a source parameter changes: an optimizer
-    step or ``load_state_dict`` bumps its version counter, ``.to()`` gives it new storage. In training
-    mode with gradients on, the weight is computed afresh on every call so that it stays
-    differentiable. Under ``torch.compile`` nothing is cached.
+    The weight is reused when the owning module is in eval mode or autograd is off (or inside
+    :func:`cached_weights`), and recomputed (outside inference mode and without a graph) as soon as a
+    source parameter changes: an optimizer step or ``load_state_dict`` bumps its version counter,
+    ``.to()`` gives it new storage. That weight is passed through ``certify`` (when given): it is the
+    one that certificates, explanations and exports use. In training mode with gradients on, the
+    weight is computed afresh on every call, not certified, so that it stays differentiable and cheap.
+    Under ``torch.compile`` the certified weight is cached and certified outside the compiled graph
+    (eagerly); an uncertified weight is recomputed at every call.
 
     The cache is a plain attribute, never a buffer: it is not in the ``state_dict`` and cannot differ
-    across DDP ranks in anything that is synchronized or saved.
+    across DDP ranks in anything that is synchronized or saved. Copies and pickles start empty.
     """
 
     def __init__(self) -> None:
@@ -31,20 +62,45 @@ class WeightCache:
     def _key(sources: Sequence[Tensor]) -> tuple:
         return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
 
-    def get(self, owner: nn.Module, sources: Sequence[Tensor], compute: Callable[[], Tensor]) -> Tensor:
-        # The constrained weight is computed in float32 even under mixed precision (autocast): Björck
-        # iterations in bfloat16 do not converge to an orthogonal matrix (spectral norms of 3 seen).
-        full_precision = torch.autocast(sources[0].device.type, enabled=False)
-        if torch.compiler.is_compiling() or (owner.training and torch.is_grad_enabled()):
+    def get(
+        self,
+        owner: nn.Module,
+        sources: Sequence[Tensor],
+        compute: Callable[[], Tensor],
+        certify: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        training = owner.training and torch.is_grad_enabled() and not _forced_caching
+        if torch.compiler.is_compiling():
+            if training or certify is None:
+                self.key = self.value = None
+                with torch.autocast(sources[0].device.type, enabled=False):
+                    return compute()
+            # the certification reads numbers back: it runs eagerly, outside the compiled graph
+            return self._cached_eagerly(sources, compute, certify)
+        if training:
             self.key = self.value = None
-            with full_precision:
+            with torch.autocast(sources[0].device.type, enabled=False):
                 return compute()
+        return self._cached(sources, compute, certify)
+
+    def _cached(
+        self,
+        sources: Sequence[Tensor],
+        compute: Callable[[], Tensor],
+        certify: Callable[[Tensor], Tensor] | None,
+    ) -> Tensor:
         key = self._key(sources)
         if self.value is None or key != self.key:
+            # The constrained weight is computed in float32 even under mixed precision (autocast):
+            # Björck iterations in bfloat16 do not converge to an orthogonal matrix (norms of 3 seen).
+            full_precision = torch.autocast(sources[0].device.type, enabled=False)
             with torch.inference_mode(False), torch.no_grad(), full_precision:
-                self.value = compute()
+                value = compute()
+                self.value = value if certify is None else certify(value)
             self.key = key
         return self.value
+
+    _cached_eagerly = torch.compiler.disable(_cached)
 
     def clear(self) -> None:
         self.key = self.value = None

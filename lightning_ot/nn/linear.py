@@ -7,14 +7,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from lightning_ot.nn._cache import WeightCache
+from lightning_ot.nn.bounds import certify_weight
 
 __all__ = ["BjorckOrthogonalization", "OrthogonalLinear", "bjorck_orthonormalize"]
-
-
-_NORMALIZATION_SQUARINGS = 4
 
 
 def _add_product(input: Tensor, first: Tensor, second: Tensor, beta: float, alpha: float) -> Tensor:
@@ -29,18 +26,28 @@ def _add_product(input: Tensor, first: Tensor, second: Tensor, beta: float, alph
 def _normalizing_scale(gram: Tensor) -> Tensor:
     """``1 / sqrt(b)`` for an upper bound ``b`` of the largest eigenvalue of each Gram matrix (no grad).
 
-    ``b = ||G^16||_F^(1/16)``, computed from powers of ``G / ||G||_F`` so that nothing overflows; it
-    exceeds the largest eigenvalue by a factor ``m^(1/32)`` at most.
+    ``b = ||G^16||_F^(1/16)``, which exceeds the largest eigenvalue by a factor ``m^(1/32)`` at most.
+    It is computed as ``b = n_0 n_1^(1/4) n_2^(1/16)`` with ``n_0 = ||G||_F``, ``P_1 = (G / n_0)^4``,
+    ``n_1 = ||P_1||_F``, ``n_2 = ||(P_1 / n_1)^4||_F``: the power is renormalized after every two
+    squarings. Without that (``(G / ||G||_F)^16``), an orthonormal ``m x m`` weight gives entries
+    ``m^-8`` whose squares underflow in float32 for ``m`` of about 700 and more: the norm became 0, the
+    scale huge, the weight NaN. Here each power of a unit-norm positive semi-definite ``P`` by 4 has a
+    norm of at least ``lambda_max(P)^4 >= 1 / m^2``, far above float32's underflow for any ``m``.
+    (Only ``||G||_F`` itself needs the entries of ``G`` between about 1e-19 and 1e19 in float32.)
     """
     with torch.no_grad():
         tiny = torch.finfo(gram.dtype).tiny
-        frobenius = gram.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
-        power = gram / frobenius
-        for _ in range(_NORMALIZATION_SQUARINGS):
+        norm = gram.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+        power = gram / norm
+        bound = norm
+        for exponent in (0.25, 0.0625):
             power = power @ power
-        exponent = 1.0 / 2**_NORMALIZATION_SQUARINGS
-        bound = (frobenius * power.norm(dim=(-2, -1), keepdim=True).pow(exponent)).clamp_min(tiny)
-        return bound.rsqrt()
+            power = power @ power
+            norm = power.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+            power = power / norm
+            bound = bound * norm.pow(exponent)
+        # a zero matrix gets the largest finite scale, so it stays zero, not 0 * inf
+        return bound.clamp_min(tiny).rsqrt()
 
 
 @dataclass
@@ -241,12 +248,27 @@ class BjorckOrthogonalization(nn.Module):
         return f"iterations={self.iterations}"
 
 
+#: State-dict key (under the layer's prefix) of the raw weight in versions that parametrized it with
+#: ``torch.nn.utils.parametrize``; :class:`OrthogonalLinear` loads it as ``weight_orig``.
+_PARAMETRIZED_WEIGHT_KEY = "parametrizations.weight.original"
+
+
 class OrthogonalLinear(nn.Linear):
     """``nn.Linear`` whose weight is kept (semi-)orthogonal: 1-Lipschitz and norm-preserving.
 
-    The weight is a parametrization of an unconstrained matrix (``parametrizations.weight.original``)
-    by :func:`bjorck_orthonormalize`; its operator norm is <= 1 by construction. In eval mode the
-    weight is computed once and cached until the parameters change.
+    The trainable parameter is an unconstrained matrix ``weight_orig`` (out_features, in_features)
+    (the name follows ``torch.nn.utils.spectral_norm``); ``weight`` is a property computed from it by
+    :func:`bjorck_orthonormalize`, whose operator norm is <= 1 in exact arithmetic. In training mode
+    with gradients on, ``weight`` is recomputed (differentiable) at every access. In eval mode or
+    without autograd it is computed once, cached until ``weight_orig`` changes, and certified by
+    :func:`~lightning_ot.nn.bounds.certify_weight`: its operator norm is provably <= 1 for its actual
+    floating-point values (a relative rescale by 1e-7 to 2e-5 in float32, measured by
+    ``benchmarks/certified_norms.py``; see :mod:`lightning_ot.nn.bounds`).
+    That eval weight is the one that certificates, explanations and :func:`vanilla_export` use.
+
+    A plain module (no ``torch.nn.utils.parametrize``): it pickles, deep-copies and spawns.
+    State dicts and checkpoints written with the parametrized layout of earlier versions (key
+    ``parametrizations.weight.original``) load into ``weight_orig``.
 
     Shape:
         - input: (*, in_features)
@@ -268,18 +290,64 @@ class OrthogonalLinear(nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        parametrize.register_parametrization(self, "weight", BjorckOrthogonalization(iterations))
+        # nn.Linear.__init__ would register a `weight` parameter, which is a property here
+        nn.Module.__init__(self)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"`in_features` and `out_features` must be positive, got {in_features} and {out_features}"
+            )
+        if iterations < 0:
+            raise ValueError(f"`iterations` must be >= 0, got {iterations}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.iterations = iterations
+        # the bias first: the parameter order of the parametrized layer (bias, then the raw weight),
+        # so that optimizer states saved by earlier versions resume onto the right parameters
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.weight_orig = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self._cache = WeightCache()
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if parametrize.is_parametrized(self, "weight"):
-            weight = self.parametrizations.weight.original
-        else:
-            weight = self.weight
-        nn.init.orthogonal_(weight)
+        nn.init.orthogonal_(self.weight_orig)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
+        self._cache.clear()
+
+    def compute_weight(self) -> Tensor:
+        """(out_features, in_features) Björck orthonormalization of ``weight_orig``, differentiable."""
+        return bjorck_orthonormalize(self.weight_orig, self.iterations)
+
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        """The (semi-)orthogonal weight; cached and certified in eval mode (or without autograd)."""
+        return self._cache.get(self, (self.weight_orig,), self.compute_weight, certify_weight)
 
     @property
     def lipschitz_bound(self) -> float:
         return 1.0
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        old_key = prefix + _PARAMETRIZED_WEIGHT_KEY
+        if old_key in state_dict and prefix + "weight_orig" not in state_dict:
+            state_dict[prefix + "weight_orig"] = state_dict.pop(old_key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._cache.clear()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, iterations={self.iterations}"

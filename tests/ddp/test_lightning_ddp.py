@@ -3,8 +3,8 @@
 Exact equivalence with one process on the global batch, identical state on every rank, synced
 metrics, checkpoint resume in DDP and in a single process.
 
-Not ``ddp_spawn``: spawning pickles the model, and torch refuses to pickle parametrized modules
-(``OrthogonalLinear``); the script launch is also what ``torchrun`` and SLURM do.
+A script launch, as ``torchrun`` and SLURM do (``ddp_spawn``, which pickles the model, is tested in
+``test_ddp_spawn.py``).
 """
 
 from __future__ import annotations
