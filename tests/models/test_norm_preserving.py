@@ -75,7 +75,9 @@ def test_bad_arguments_name_what_is_expected() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: NormPreservingConvNet(1, 10, image_size=8, stage_convs=(2, 2), kernel_size=(3, 3), hidden_features=()),
+        lambda: NormPreservingConvNet(
+            1, 10, image_size=8, stage_convs=(2, 2), kernel_size=(3, 3), hidden_features=()
+        ),
         lambda: LipschitzMLP(64, 10, hidden_features=(64,) * 6),
     ],
     ids=["convnet", "mlp"],
@@ -111,4 +113,6 @@ def test_twin_can_start_from_the_orthogonal_weights() -> None:
     plain = [m for m in twin.modules() if isinstance(m, nn.Linear)]
     torch.testing.assert_close(plain[0].weight, linear[0].weight.detach())
     fresh = unconstrained_twin(model)
-    assert not torch.allclose([m for m in fresh.modules() if isinstance(m, nn.Linear)][0].weight, plain[0].weight)
+    assert not torch.allclose(
+        [m for m in fresh.modules() if isinstance(m, nn.Linear)][0].weight, plain[0].weight
+    )
