@@ -62,6 +62,7 @@ from lightning_ot.explain import (
     smoothgrad,
 )
 from lightning_ot.explain._common import class_score
+from lightning_ot.explain_cli import validation_tensors
 from lightning_ot.metrics import (
     AverageStability,
     Deletion,
@@ -220,17 +221,6 @@ def _train(model: OTClassifier, datamodule: pl.LightningDataModule, epochs: int,
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     return time.perf_counter() - start
-
-
-def _validation_tensors(datamodule: pl.LightningDataModule) -> tuple[Tensor, Tensor]:
-    datamodule.setup("validate")
-    inputs, targets = [], []
-    for batch in datamodule.val_dataloader():
-        # The data module's own batch hooks (e.g. uint8 -> float scaling done after the transfer).
-        batch = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(batch, 0), 0)
-        inputs.append(batch[0])
-        targets.append(batch[1])
-    return torch.cat(inputs), torch.cat(targets)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,7 +428,7 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
         ("MuFidelity ↑", "mu_fidelity"),
         ("Deletion ↓", "deletion"),
         ("Insertion ↑", "insertion"),
-        ("Stability ↓", "stability"),
+        ("Spearman stability ↓", "stability"),
         ("Sparseness ↑", "sparseness"),
     ]
     explanation_rows = [
@@ -588,7 +578,7 @@ def reproduce(
     otnn_seconds = _train(otnn, datamodule, epochs, seed)
     twin_seconds = _train(twin, datamodule, epochs, seed)
 
-    inputs, targets = _validation_tensors(datamodule)
+    inputs, targets = validation_tensors(datamodule)
     explained_count = min(num_explained, len(inputs))
     input_shape = tuple(inputs.shape[1:])
     twin.eval()

@@ -94,8 +94,9 @@ class ExplanationCallback(pl.Callback):
       certified radius (>= 1 always; 1 is ideal);
     - ``flip_rate`` (transports at the largest step that changed the class), ``boundary_reached``
       (boundary counterfactuals that landed on it or flipped);
-    - ``deletion``, ``insertion``, ``mu_fidelity``, ``stability``, ``sparseness`` (with
-      ``compute_metrics``, every ``metrics_every_n_epochs``-th time the callback runs).
+    - ``deletion``, ``insertion``, ``mu_fidelity``, ``stability`` (the L2 stability: mean L2
+      distance between explanations, not the Spearman stability of the reproduction), ``sparseness``
+      (with ``compute_metrics``, every ``metrics_every_n_epochs``-th time the callback runs).
 
     Other ranks return immediately and never wait for rank 0: the callback runs no collective and
     never calls the model's loss (the hKR loss all-reduces under DDP). The certified radius comes from

@@ -151,19 +151,8 @@ def counterfactual(
         source_t, target_t = _resolve_classes(logits, binary, source, target, batch_size, x.device)
         margin = _PairMargin(source_t, target_t, binary)
         margin_before, gradient, _ = input_gradient(model, x, margin)
-        return _transport(
-            model,
-            x,
-            margin,
-            margin_before,
-            gradient,
-            mode,
-            step_sizes,
-            relative,
-            tolerance,
-            max_iterations,
-            clamp,
-        )
+        first = (model, x, margin, margin_before, gradient)
+        return _transport(*first, mode, step_sizes, relative, tolerance, max_iterations, clamp)
 
 
 def _check_transport_options(
@@ -187,20 +176,11 @@ def _check_transport_options(
 
 
 def _transport(
-    model: Model,
-    x: Tensor,
-    margin: _PairMargin,
-    margin_before: Tensor,
-    gradient: Tensor,
-    mode: CounterfactualMode,
-    step_sizes: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
-    relative: bool = True,
-    tolerance: float = 1e-3,
-    max_iterations: int = 10,
-    clamp: tuple[float, float] | None = None,
+    model, x, margin, margin_before, gradient, mode, step_sizes, relative, tolerance, max_iterations, clamp
 ) -> CounterfactualResult:
-    """The transports of :func:`counterfactual` from ``g(x)`` and ``grad g(x)`` already computed (so
-    that one backward pass serves saliency and transports); call it inside :func:`explanation_mode`."""
+    """The transports of :func:`counterfactual` (same options) from ``margin_before = g(x)`` and
+    ``gradient = grad g(x)`` already computed, so that one backward pass serves saliency and
+    transports; ``margin`` is the :class:`_PairMargin` ``g``. Call it inside :func:`explanation_mode`."""
     batch_size = x.shape[0]
     gradient_norm = _flat_norm(gradient)
     safe_norm = gradient_norm.clamp_min(torch.finfo(x.dtype).tiny)

@@ -208,11 +208,9 @@ def explain(
             pair_gradient = saliency - target_gradient
             margin = (source_score - target_score).detach()
         pair_margin = _PairMargin(source, target_t, binary)
-        common = {"tolerance": tolerance, "max_iterations": max_iterations, "clamp": clamp}
-        steps = _transport(
-            model, inputs, pair_margin, margin, pair_gradient, "steps", step_sizes, relative=True, **common
-        )
-        boundary = _transport(model, inputs, pair_margin, margin, pair_gradient, "boundary", **common)
+        first = (model, inputs, pair_margin, margin, pair_gradient)
+        steps = _transport(*first, "steps", step_sizes, True, tolerance, max_iterations, clamp)
+        boundary = _transport(*first, "boundary", step_sizes, True, tolerance, max_iterations, clamp)
 
     if callable(certificate):
         radius = torch.as_tensor(certificate(detached)).detach().reshape(-1).to(inputs.device)
