@@ -115,7 +115,8 @@ class ExplanationCallback(pl.Callback):
         mu_fidelity_samples: random subsets per sample for MuFidelity.
         stability_samples: neighbours per sample for AverageStability.
         max_iterations: Newton steps of the boundary counterfactual at most.
-        panel_size: approximate size in pixels of each panel of the grid.
+        panel_size: approximate size in pixels of each panel of the grid (48: 8x8 digits at 6x; the
+            image is encoded every epoch, its cost grows with its area).
         colormap: kornia colormap of the heatmaps (a diverging one: 0 is its middle).
         prefix: prefix of the logged names.
         scan_limit: validation samples scanned at most to find the class-balanced set.
@@ -137,7 +138,7 @@ class ExplanationCallback(pl.Callback):
         mu_fidelity_samples: int = 32,
         stability_samples: int = 4,
         max_iterations: int = 5,
-        panel_size: int = 64,
+        panel_size: int = 48,
         colormap: str = "seismic",
         prefix: str = "explain",
         scan_limit: int = 4096,

@@ -174,7 +174,7 @@ def _text_strip(size: tuple[int, int], texts: Sequence[tuple[tuple[int, int], st
     strip = Image.new("L", size, 255)
     draw = ImageDraw.Draw(strip)
     for position, text in texts:
-        draw.multiline_text(position, text, fill=0, font=_font(), spacing=2)
+        draw.multiline_text(position, text, fill=0, font=_font(), spacing=1)
     return np.asarray(strip)[:, :, None]
 
 

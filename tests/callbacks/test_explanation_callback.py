@@ -100,7 +100,7 @@ def test_fit_logs_grids_and_metrics_to_wandb_tensorboard_and_csv(tmp_path):
     images = accumulator.Images("explain/grid")
     assert [event.step for event in images] == steps
     assert images[0].width > 300
-    assert images[0].height > 600
+    assert images[0].height > 10 * 48  # a row per sample
     assert "explain/mu_fidelity" in accumulator.Tags()["scalars"]
 
     # CSV: PNG files for each epoch, captions, and metric columns
