@@ -84,8 +84,9 @@ def explanation_mode(model: Model, example: Tensor | None = None) -> Iterator[No
 
     - gradients are enabled even under ``torch.no_grad()`` or ``torch.inference_mode()`` (e.g. inside
       Lightning's ``trainer.validate()``); inputs created under inference mode must be cloned inside;
-    - weights computed by ``torch.nn.utils.parametrize`` (e.g. Björck orthogonalization) are computed
-      once, without a graph to the parameters, and reused by every forward pass inside.
+    - weights computed by ``torch.nn.utils.parametrize`` (any third-party parametrized model; e.g.
+      Björck orthogonalization) are computed once, without a graph to the parameters, and reused by
+      every forward pass inside; nested contexts reuse the outer cache.
 
     Parameters are not modified and their ``.grad`` is never touched.
 
@@ -107,8 +108,10 @@ def explanation_mode(model: Model, example: Tensor | None = None) -> Iterator[No
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         if isinstance(model, nn.Module) and any(parametrize.is_parametrized(m) for m in model.modules()):
+            # Nested inside another explanation_mode: the weights are already cached, no warm-up pass.
+            nested = getattr(parametrize, "_cache_enabled", 0) > 0
             stack.enter_context(parametrize.cached())
-            if example is not None:
+            if example is not None and not nested:
                 with torch.no_grad():
                     model(example[:1].clone())
         yield
