@@ -80,7 +80,9 @@ def test_explain_agrees_with_the_separate_functions_on_an_otnn():
     # a point that lands on the boundary (|g| <= tolerance) is on either side by rounding alone
     decided = ~result.on_boundary & ~boundary.on_boundary[:, 0]
     assert torch.equal(result.flipped[decided], boundary.flipped[decided, 0])
-    assert torch.equal(result.on_boundary | result.flipped, boundary.on_boundary[:, 0] | boundary.flipped[:, 0])
+    assert torch.equal(
+        result.on_boundary | result.flipped, boundary.on_boundary[:, 0] | boundary.flipped[:, 0]
+    )
     # A 1-Lipschitz network: gradients bounded, and no boundary point closer than the certified radius.
     assert (result.gradient_norm <= 1 + 1e-4).all()
     assert (result.pair_gradient_norm <= math.sqrt(2) + 1e-4).all()
