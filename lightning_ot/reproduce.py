@@ -1,8 +1,10 @@
 """Measure the claims of Serrurier et al. (NeurIPS 2023) on an OTNN and its unconstrained twin.
 
-    python -m lightning_ot.reproduce [--recipe quickstart] [--epochs N] [--output-dir reproduction]
+    python -m lightning_ot.reproduce [--recipe quickstart | --config FILE] [--epochs N]
+        [--output-dir reproduction] [--skip-twin-baselines]
 
-Trains the recipe's model (a 1-Lipschitz backbone with an hKR loss) and the *unconstrained twin*: the
+Trains the model of a recipe or of any LightningCLI config file (a 1-Lipschitz backbone with an hKR
+loss) and the *unconstrained twin*: the
 same architecture with plain layers and ReLU (:func:`~lightning_ot.models.unconstrained_twin`), trained
 with cross-entropy on the same data with the same optimizer and epochs. Then measures, for each
 network, on the validation set:
@@ -11,15 +13,21 @@ network, on the validation set:
   upper bound of its Lipschitz constant from :func:`~lightning_ot.nn.lipschitz_audit`);
 - the explanation metrics of its saliency map (MuFidelity, Deletion, Insertion, stability, sparseness)
   and, for the twin, of SmoothGrad and Integrated Gradients too (the paper's claim: the plain gradient
-  of an OTNN is as good an explanation as these elaborate methods on an unconstrained network);
-- how its input gradient transports inputs to the other class: the rate at which a move of 1x and 2x
-  the first-order boundary distance along the gradient flips the class, the rate at which the
-  boundary search lands on the boundary, and the distance moved;
+  of an OTNN is as good an explanation as these elaborate methods on an unconstrained network; these
+  two rows take most of the run time, ``--skip-twin-baselines`` leaves them out). The saliency map is
+  the *signed* gradient ``grad f_k``, and every metric but Sparseness (which takes absolute values)
+  is computed on the signed map; Xplique's ``Saliency`` explainer takes the absolute value (and the
+  maximum over channels), which changes MuFidelity;
+- from :func:`~lightning_ot.explain.explain`: how tight the network is (median and 10th percentile
+  of ``||grad f_k||`` of the predicted class, median of the distance to the boundary counterfactual
+  over the certified radius) and how its input gradient transports inputs to the other class: the
+  rate at which a move of 1x and 2x the first-order boundary distance along the gradient flips the
+  class, the rate at which the boundary search lands on the boundary, and the distance moved;
 - the distance between its saliency map and its SmoothGrad map (the paper: small for an OTNN, whose
   gradient is already smooth; large for an unconstrained network).
 
-It writes ``results.json``, ``table.md`` (markdown) and, with matplotlib installed, the figures
-``saliency.png`` and ``transports.png`` to ``--output-dir``. On the quickstart recipe (scikit-learn's
+It writes ``results.json``, ``table.md`` (markdown) and the figures ``saliency.png`` and
+``transports.png`` (rendered by :func:`~lightning_ot.explain.render_grid`) to ``--output-dir``. On the quickstart recipe (scikit-learn's
 8x8 digits) the whole run takes a few minutes on a CPU.
 """
 
@@ -37,11 +45,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_ot.explain import counterfactual, integrated_gradients, saliency, smoothgrad
+from lightning_ot.explain import (
+    Explanation,
+    caption_lines,
+    explain,
+    heatmap_panels,
+    image_panels,
+    integrated_gradients,
+    render_explanation,
+    render_grid,
+    saliency,
+    smoothgrad,
+)
 from lightning_ot.explain._common import class_score
+from lightning_ot.explain_cli import validation_tensors
 from lightning_ot.metrics import (
     AverageStability,
     Deletion,
@@ -110,7 +131,14 @@ class ExplanationScores:
 
 @dataclass
 class NetworkResults:
-    """Everything measured on one network."""
+    """Everything measured on one network.
+
+    ``gradient_norm`` and ``gradient_norm_p10`` are the median and 10th percentile of
+    ``||grad f_k||`` (predicted class ``k``), ``pair_gradient_norm`` the median of
+    ``||grad (f_k - f_j)||`` (runner-up ``j``), ``tightness`` the median of the boundary
+    counterfactual's distance over the certified radius; ``boundary_distance`` and
+    ``certified_radius`` are means (see :meth:`~lightning_ot.explain.Explanation.summary`).
+    """
 
     name: str
     loss: str
@@ -124,6 +152,9 @@ class NetworkResults:
     boundary_distance: float = math.nan
     certified_radius: float = math.nan
     gradient_norm: float = math.nan
+    gradient_norm_p10: float = math.nan
+    pair_gradient_norm: float = math.nan
+    tightness: float = math.nan
     saliency_smoothgrad_distance: float = math.nan
     saliency_smoothgrad_cosine: float = math.nan
     train_seconds: float = math.nan
@@ -151,9 +182,8 @@ def spearman_distance(first: Tensor, second: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _from_recipe(recipe: str, overrides: Sequence[str]) -> tuple[OTClassifier, pl.LightningDataModule, int]:
+def _from_config(config: Path, overrides: Sequence[str]) -> tuple[OTClassifier, pl.LightningDataModule, int]:
     from lightning_ot.fit import OTLightningCLI
-    from lightning_ot.recipes import recipe_path
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
@@ -163,14 +193,14 @@ def _from_recipe(recipe: str, overrides: Sequence[str]) -> tuple[OTClassifier, p
             run=False,
             # The networks are trained by `_train` below: no logger, no callback of the recipe's trainer.
             args=[
-                "--config", str(recipe_path(recipe)),
+                "--config", str(config),
                 "--trainer.logger=false", "--trainer.callbacks=[]",
                 *overrides,
             ],
         )  # fmt: skip
     if not isinstance(cli.model, OTClassifier):
         raise TypeError(
-            f"recipe {recipe!r} must define an OTClassifier model, got {type(cli.model).__name__}"
+            f"the config {config} must define an OTClassifier model, got {type(cli.model).__name__}"
         )
     return cli.model, cli.datamodule, int(cli.trainer.max_epochs or 10)
 
@@ -193,17 +223,6 @@ def _train(model: OTClassifier, datamodule: pl.LightningDataModule, epochs: int,
     return time.perf_counter() - start
 
 
-def _validation_tensors(datamodule: pl.LightningDataModule) -> tuple[Tensor, Tensor]:
-    datamodule.setup("validate")
-    inputs, targets = [], []
-    for batch in datamodule.val_dataloader():
-        # The data module's own batch hooks (e.g. uint8 -> float scaling done after the transfer).
-        batch = datamodule.on_after_batch_transfer(datamodule.on_before_batch_transfer(batch, 0), 0)
-        inputs.append(batch[0])
-        targets.append(batch[1])
-    return torch.cat(inputs), torch.cat(targets)
-
-
 # --------------------------------------------------------------------------------------------------
 # Measurements
 # --------------------------------------------------------------------------------------------------
@@ -220,6 +239,24 @@ def _labels(logits: Tensor) -> Tensor:
     return logits.argmax(dim=1)
 
 
+def _explain_network(
+    model: nn.Module,
+    inputs: Tensor,
+    lipschitz: float | None,
+    output_lipschitz: str,
+    step_sizes: Sequence[float] = (1.0, 2.0),
+) -> Explanation:
+    """:func:`~lightning_ot.explain.explain` with the certificate of Lipschitz bound ``lipschitz``
+    (NaN radii where there is none), boundary search of at most 10 Newton steps."""
+    certificate: Any = lipschitz
+    if lipschitz is None or not math.isfinite(lipschitz):
+
+        def certificate(logits: Tensor) -> Tensor:
+            return torch.full((logits.shape[0],), math.nan)
+
+    return explain(model, inputs, certificate, output_lipschitz=output_lipschitz, step_sizes=step_sizes)  # type: ignore[arg-type]
+
+
 def _explanation_scores(
     model: nn.Module,
     inputs: Tensor,
@@ -228,8 +265,11 @@ def _explanation_scores(
     seed: int,
     mu_fidelity_samples: int,
     stability_samples: int,
+    explanations: Tensor | None = None,
 ) -> ExplanationScores:
-    explanations = explainer(inputs, explained).detach()
+    if explanations is None:
+        explanations = explainer(inputs, explained)
+    explanations = explanations.detach()
     clean_score = float(class_score(_logits(model, inputs), explained).mean())
     deletion, insertion = Deletion(model), Insertion(model)
     fidelity = MuFidelity(model, num_samples=mu_fidelity_samples, seed=seed)
@@ -238,7 +278,7 @@ def _explanation_scores(
     deletion.update(inputs, explanations, explained)
     insertion.update(inputs, explanations, explained)
     fidelity.update(inputs, explanations, explained)
-    stability.update(inputs, explained)
+    stability.update(inputs, explained, explanations=explanations)
     sparseness.update(explanations)
     scale = clean_score if abs(clean_score) > 1e-12 else math.nan
     return ExplanationScores(
@@ -286,28 +326,33 @@ def _measure(
 
     sample = inputs[:explained_count]
     explained = predicted[:explained_count]
-    for method, explain in methods.items():
+    explanation = _explain_network(model, sample, lipschitz, output_lipschitz, step_sizes=(1.0, 2.0))
+    # Binary: the explained score of class 0 is -f, so its saliency is -grad f (explain gives grad f).
+    plain = explanation.saliency if logits.shape[1] > 1 else saliency(model, sample, explained)
+    for method, explainer in methods.items():
         results.explanations[method] = _explanation_scores(
             model,
             sample,
             explained,
-            partial(explain, model),
+            partial(explainer, model),
             seed,
             mu_fidelity_samples,
             stability_samples,
+            explanations=plain if explainer is saliency else None,
         )
 
-    boundary = counterfactual(model, sample, mode="boundary")
-    steps = counterfactual(model, sample, mode="steps", step_sizes=(1.0, 2.0), relative=True)
-    results.boundary_reached = float((boundary.on_boundary[:, -1] | boundary.flipped[:, -1]).float().mean())
-    results.flip_rate_1x = float(steps.flipped[:, 0].float().mean())
-    results.flip_rate_2x = float(steps.flipped[:, 1].float().mean())
-    results.boundary_distance = float(boundary.distances[:, -1].mean())
-    results.gradient_norm = float(boundary.gradient_norm.mean())
+    summary = explanation.summary()
+    results.boundary_reached = summary["boundary_reached"]
+    results.flip_rate_1x = float(explanation.transport_flipped[:, 0].float().mean())
+    results.flip_rate_2x = float(explanation.transport_flipped[:, 1].float().mean())
+    results.boundary_distance = float(explanation.boundary_distance.mean())
+    results.gradient_norm = summary["gradient_norm"]
+    results.gradient_norm_p10 = summary["gradient_norm_p10"]
+    results.pair_gradient_norm = summary["pair_gradient_norm"]
+    results.tightness = summary["tightness"]
     results.certified_radius = float(radius[:explained_count].mean())
 
     generator = torch.Generator(device=sample.device).manual_seed(seed)
-    plain = saliency(model, sample, explained)
     smooth = smoothgrad(model, sample, explained, num_samples=smoothgrad_samples, generator=generator)
     results.saliency_smoothgrad_distance = float(spearman_distance(plain, smooth).mean())
     results.saliency_smoothgrad_cosine = float(
@@ -327,8 +372,17 @@ def _number(value: float | None, digits: int = 3, percent: bool = False) -> str:
     return f"{100 * value:.1f} %" if percent else f"{value:.{digits}f}"
 
 
+SALIENCY_NOTE = (
+    "saliency = the signed input gradient grad f_k of the predicted class k (binary: the signed "
+    "evidence for it); MuFidelity, Deletion, Insertion and Stability are computed on the signed map, "
+    "Sparseness on its absolute values. (Xplique's Saliency explainer returns |grad f_k|, maximum over "
+    "channels: the paper's numbers may be on absolute maps.)"
+)
+
+
 def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | None = None) -> str:
-    """Markdown tables of the results: accuracy, robustness and transport; explanation metrics."""
+    """Markdown tables of the results: accuracy, robustness, tightness and transport; explanation
+    metrics (with the sign convention of the saliency maps)."""
     header = "| | " + " | ".join(f"{r.name} ({r.loss})" for r in results) + " |"
     rule = "|---|" + "---|" * len(results)
     rows = [header, rule]
@@ -343,7 +397,13 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
             f"certified robust accuracy, L2 radius {eps}",
             [_number(r.certified_accuracy[eps], percent=True) for r in results],
         )
-    row("mean input-gradient norm, ‖∇(f_k − f_j)‖", [_number(r.gradient_norm) for r in results])
+    row("median ‖∇f_k‖ of the predicted class (1 is tight)", [_number(r.gradient_norm) for r in results])
+    row("10th percentile of ‖∇f_k‖", [_number(r.gradient_norm_p10) for r in results])
+    row("median ‖∇(f_k − f_j)‖, runner-up j", [_number(r.pair_gradient_norm) for r in results])
+    row(
+        "median boundary counterfactual distance / certified radius (1 is tight)",
+        [_number(r.tightness) for r in results],
+    )
     row(
         "transport of 1x the first-order boundary distance flips the class",
         [_number(r.flip_rate_1x, percent=True) for r in results],
@@ -368,11 +428,11 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
         ("MuFidelity ↑", "mu_fidelity"),
         ("Deletion ↓", "deletion"),
         ("Insertion ↑", "insertion"),
-        ("Stability ↓", "stability"),
+        ("Spearman stability ↓", "stability"),
         ("Sparseness ↑", "sparseness"),
     ]
     explanation_rows = [
-        "| network | explanation | " + " | ".join(label for label, _ in metrics) + " |",
+        "| network | explanation (signed map) | " + " | ".join(label for label, _ in metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
     ]
     for result in results:
@@ -380,7 +440,7 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
             values = [_number(getattr(scores, key)) for _, key in metrics]
             explanation_rows.append(f"| {result.name} | {method} | " + " | ".join(values) + " |")
 
-    text = "\n".join(rows) + "\n\n" + "\n".join(explanation_rows) + "\n"
+    text = "\n".join(rows) + "\n\n" + "\n".join(explanation_rows) + "\n\n" + SALIENCY_NOTE + "\n"
     if settings:
         text += "\n" + "; ".join(f"{key}: {value}" for key, value in settings.items()) + "\n"
     return text
@@ -389,87 +449,53 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
 def _figures(
     output_dir: Path,
     models: dict[str, nn.Module],
+    certificates: dict[str, tuple[float | None, str]],
     inputs: Tensor,
-    explained: dict[str, Tensor],
-    image_shape: tuple[int, ...] | None,
+    labels: Tensor,
     seed: int,
 ) -> list[Path]:
-    try:
-        import matplotlib
+    """``saliency.png`` (input, each network's saliency and SmoothGrad, the twin's Integrated
+    Gradients) and ``transports.png`` (:func:`~lightning_ot.explain.render_explanation` of each
+    network, one above the other)."""
+    from PIL import Image
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no figures (pip install 'lightning-ot[reproduce]')")
+    if inputs.ndim != 4:
         return []
-    if inputs.ndim < 3:
-        return []
-
-    def as_image(tensor: Tensor) -> Any:
-        tensor = tensor.detach().cpu()
-        return tensor.mean(0).numpy() if tensor.shape[0] != 3 else tensor.permute(1, 2, 0).clamp(0, 1).numpy()
-
-    paths = []
     names = list(models)
-    columns: list[tuple[str, Tensor | None, bool]] = [("input", inputs, False)]
+    explanations = {
+        name: _explain_network(model, inputs, *certificates[name], step_sizes=(0.5, 1.0, 1.5, 2.0))
+        for name, model in models.items()
+    }
+    columns, titles = [image_panels(inputs)], ["input"]
     for name, model in models.items():
-        generator = torch.Generator().manual_seed(seed)
-        columns.append((f"{name}\nsaliency", saliency(model, inputs, explained[name]), True))
-        columns.append(
-            (f"{name}\nSmoothGrad", smoothgrad(model, inputs, explained[name], generator=generator), True)
-        )
+        explained = _labels(explanations[name].logits)
+        generator = torch.Generator(device=inputs.device).manual_seed(seed)
+        columns += [
+            heatmap_panels(saliency(model, inputs, explained)),
+            heatmap_panels(smoothgrad(model, inputs, explained, generator=generator)),
+        ]
+        titles += [f"{name} grad", f"{name} SG"]
     twin = names[-1]
-    columns.append(
-        (f"{twin}\nIntegrated Gradients", integrated_gradients(models[twin], inputs, explained[twin]), True)
-    )
-    figure, axes = plt.subplots(len(inputs), len(columns), figsize=(1.6 * len(columns), 1.6 * len(inputs)))
-    for column, (title, images, signed) in enumerate(columns):
-        for index in range(len(inputs)):
-            axis = axes[index, column]
-            image = as_image(images[index])
-            if signed:
-                bound = float(abs(image).max()) or 1.0
-                axis.imshow(image, cmap="seismic", vmin=-bound, vmax=bound)
-            else:
-                axis.imshow(image, cmap="gray")
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if index == 0:
-                axis.set_title(title, fontsize=8)
-    figure.tight_layout()
-    path = output_dir / "saliency.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    paths.append(path)
+    twin_explained = _labels(explanations[twin].logits)
+    columns.append(heatmap_panels(integrated_gradients(models[twin], inputs, twin_explained)))
+    titles.append(f"{twin} IG")
+    row_labels = [
+        f"true {int(label)}\n"
+        + "\n".join(f"{name}: {int(explanations[name].prediction[index])}" for name in names)
+        for index, label in enumerate(labels)
+    ]
+    paths = [output_dir / "saliency.png", output_dir / "transports.png"]
+    Image.fromarray(render_grid(columns, row_labels, titles)).save(paths[0])
 
-    step_sizes = (0.0, 0.5, 1.0, 1.5, 2.0)
-    figure, axes = plt.subplots(
-        len(inputs),
-        len(step_sizes) * len(models),
-        figsize=(1.5 * len(step_sizes) * len(models), 1.6 * len(inputs)),
+    grids = []
+    for name, explanation in explanations.items():
+        captions = [f"{name}, " + caption for caption in caption_lines(explanation, labels)]
+        grids.append(render_explanation(explanation, captions, value_range=(0.0, 1.0)))
+    width = max(grid.shape[1] for grid in grids)
+    stacked = np.concatenate(
+        [np.pad(grid, ((0, 8), (0, width - grid.shape[1]), (0, 0)), constant_values=255) for grid in grids]
     )
-    for block, (name, model) in enumerate(models.items()):
-        result = counterfactual(model, inputs, mode="steps", step_sizes=step_sizes, relative=True)
-        for step, size in enumerate(step_sizes):
-            for index in range(len(inputs)):
-                axis = axes[index, block * len(step_sizes) + step]
-                axis.imshow(as_image(result.images[index, step]), cmap="gray", vmin=0.0, vmax=1.0)
-                axis.set_xticks([])
-                axis.set_yticks([])
-                label = (
-                    f"{int(result.source[index])}→{int(result.target[index])}"
-                    if step == len(step_sizes) - 1
-                    else ""
-                )
-                flipped = bool(result.flipped[index, step])
-                axis.set_xlabel(label + (" flipped" if flipped and label else ""), fontsize=7)
-                if index == 0:
-                    axis.set_title(f"{name}\nt = {size:g} t_b", fontsize=8)
-    figure.tight_layout()
-    path = output_dir / "transports.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    paths.append(path)
+    Image.fromarray(stacked).save(paths[1])
     return paths
 
 
@@ -490,20 +516,28 @@ def reproduce(
     stability_samples: int = 20,
     smoothgrad_samples: int = 50,
     figures: bool = True,
+    config: str | Path | None = None,
+    twin_baselines: bool = True,
 ) -> list[NetworkResults]:
-    """Train the recipe's OTNN and its unconstrained twin, measure both, write the table and figures.
+    """Train the OTNN of a recipe or config and its unconstrained twin, measure both, write the table
+    and figures.
 
     Args:
         recipe: the recipe whose model (backbone, loss, optimizer) and data module are used.
-        epochs: training epochs of each network; default the recipe's ``max_epochs``.
+        epochs: training epochs of each network; default the config's ``max_epochs``.
         output_dir: where ``results.json``, ``table.md`` and the figures are written.
         num_explained: validation samples on which explanations and transports are measured.
         radii: L2 radii of the certified robust accuracy.
         seed: seed of the training and of the metrics' random draws.
-        overrides: LightningCLI overrides of the recipe, e.g. ``["--data.init_args.batch_size=128"]``.
+        overrides: LightningCLI overrides of the config, e.g. ``["--data.init_args.batch_size=128"]``.
         mu_fidelity_samples, stability_samples, smoothgrad_samples: sample counts of the metrics
             (Xplique's defaults: 200, 20, 50).
-        figures: write ``saliency.png`` and ``transports.png`` (needs matplotlib).
+        figures: write ``saliency.png`` and ``transports.png``.
+        config: a LightningCLI YAML file to use instead of ``recipe`` (any file, not only a shipped
+            recipe); it must define an ``OTClassifier`` model and a data module.
+        twin_baselines: measure the twin's SmoothGrad and Integrated Gradients rows (most of the run
+            time goes there: each needs ``stability_samples`` x their own sample counts of gradients
+            per explained input).
 
     Returns:
         the results of the OTNN, then of the twin.
@@ -514,12 +548,25 @@ def reproduce(
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
     if not radii or any(eps < 0 for eps in radii):
         raise ValueError(f"`radii` must be a non-empty list of numbers >= 0, got {list(radii)}")
+    if config is not None:
+        config_path = Path(config)
+        if not config_path.is_file():
+            raise ValueError(f"`config` must be an existing LightningCLI YAML file, got {config}")
+        source = str(config_path)
+    else:
+        from lightning_ot.recipes import RecipeNotFoundError, recipe_path
+
+        try:
+            config_path = recipe_path(recipe)
+        except RecipeNotFoundError as error:
+            raise ValueError(str(error)) from error
+        source = recipe
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(seed, verbose=False)
-    otnn, datamodule, recipe_epochs = _from_recipe(recipe, overrides)
-    epochs = epochs or recipe_epochs
+    otnn, datamodule, config_epochs = _from_config(config_path, overrides)
+    epochs = epochs or config_epochs
     twin = OTClassifier(
         unconstrained_twin(otnn.backbone),
         num_classes=otnn.num_classes,
@@ -531,7 +578,7 @@ def reproduce(
     otnn_seconds = _train(otnn, datamodule, epochs, seed)
     twin_seconds = _train(twin, datamodule, epochs, seed)
 
-    inputs, targets = _validation_tensors(datamodule)
+    inputs, targets = validation_tensors(datamodule)
     explained_count = min(num_explained, len(inputs))
     input_shape = tuple(inputs.shape[1:])
     twin.eval()
@@ -547,21 +594,23 @@ def reproduce(
         "stability_samples": stability_samples,
         "smoothgrad_samples": smoothgrad_samples,
     }
-    smooth = partial(smoothgrad, num_samples=smoothgrad_samples)
+    twin_methods: dict[str, Explainer] = {"saliency": saliency}
+    if twin_baselines:
+        twin_methods["SmoothGrad"] = partial(smoothgrad, num_samples=smoothgrad_samples)
+        twin_methods["Integrated Gradients"] = integrated_gradients
     otnn_results = _measure(
         "OTNN", "hKR", otnn.backbone, otnn.lipschitz, otnn.output_lipschitz,
         methods={"saliency": saliency}, **common,
     )  # fmt: skip
     twin_results = _measure(
         "unconstrained twin", "cross-entropy", twin.backbone, twin_bound, "joint",
-        methods={"saliency": saliency, "SmoothGrad": smooth, "Integrated Gradients": integrated_gradients},
-        **common,
+        methods=twin_methods, **common,
     )  # fmt: skip
     otnn_results.train_seconds, twin_results.train_seconds = otnn_seconds, twin_seconds
     results = [otnn_results, twin_results]
 
     settings = {
-        "recipe": recipe,
+        "config": source,
         "epochs": epochs,
         "validation samples": len(inputs),
         "explained samples": explained_count,
@@ -569,6 +618,7 @@ def reproduce(
         "MuFidelity subsets": mu_fidelity_samples,
         "stability neighbours": stability_samples,
         "SmoothGrad samples": smoothgrad_samples,
+        "twin baselines": "measured" if twin_baselines else "skipped",
     }
     table = format_table(results, settings)
     (output_dir / "table.md").write_text(table)
@@ -577,10 +627,9 @@ def reproduce(
     )
     if figures:
         shown = min(6, explained_count)
-        sample = inputs[:shown]
         models = {"OTNN": otnn.backbone.eval(), "twin": twin.backbone.eval()}
-        explained = {name: _labels(_logits(model, sample)) for name, model in models.items()}
-        _figures(output_dir, models, sample, explained, input_shape, seed)
+        certificates = {"OTNN": (otnn.lipschitz, otnn.output_lipschitz), "twin": (twin_bound, "joint")}
+        _figures(output_dir, models, certificates, inputs[:shown], targets[:shown], seed)
     return results
 
 
@@ -590,8 +639,12 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
         prog="python -m lightning_ot.reproduce",
         description="Train an OTNN and its unconstrained twin; measure the claims of Serrurier et al. 2023.",
     )
-    parser.add_argument("--recipe", default="quickstart", help="recipe giving the model and the data")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--recipe", default="quickstart", help="recipe giving the model and the data")
+    source.add_argument(
+        "--config", type=Path, default=None, help="any LightningCLI YAML file giving the model and the data"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     parser.add_argument("--output-dir", type=Path, default=Path("reproduction"))
     parser.add_argument("--num-explained", type=int, default=100, help="samples explained and transported")
     parser.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
@@ -599,13 +652,18 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
     parser.add_argument("--mu-fidelity-samples", type=int, default=200)
     parser.add_argument("--stability-samples", type=int, default=20)
     parser.add_argument("--smoothgrad-samples", type=int, default=50)
+    parser.add_argument(
+        "--skip-twin-baselines",
+        action="store_true",
+        help="leave out the twin's SmoothGrad and Integrated Gradients rows (most of the run time)",
+    )
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="--KEY=VALUE",
-        help="LightningCLI override of the recipe, e.g. --override=--data.init_args.batch_size=128",
+        help="LightningCLI override of the config, e.g. --override=--data.init_args.batch_size=128",
     )
     options = parser.parse_args(args)
     try:
@@ -621,6 +679,8 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
             stability_samples=options.stability_samples,
             smoothgrad_samples=options.smoothgrad_samples,
             figures=not options.no_figures,
+            config=options.config,
+            twin_baselines=not options.skip_twin_baselines,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -31,7 +30,6 @@ def one_thread():
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
-    figures = importlib.util.find_spec("matplotlib") is not None
     results = reproduce(
         epochs=2,
         output_dir=tmp_path,
@@ -40,7 +38,7 @@ def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
         mu_fidelity_samples=12,
         stability_samples=3,
         smoothgrad_samples=4,
-        figures=figures,
+        figures=True,
     )
     table = (tmp_path / "table.md").read_text()
     assert "| clean accuracy |" in table
@@ -48,9 +46,8 @@ def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
     assert "| unconstrained twin | Integrated Gradients |" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [entry["name"] for entry in saved["results"]] == ["OTNN", "unconstrained twin"]
-    if figures:
-        assert (tmp_path / "saliency.png").stat().st_size > 1000
-        assert (tmp_path / "transports.png").stat().st_size > 1000
+    assert (tmp_path / "saliency.png").stat().st_size > 1000  # no matplotlib needed
+    assert (tmp_path / "transports.png").stat().st_size > 1000
 
     otnn, twin = results
     assert set(otnn.explanations) == {"saliency"}
@@ -72,7 +69,9 @@ def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
     # The OTNN is 1-Lipschitz: gradients of f_k - f_j are at most sqrt(2), and no point of the
     # boundary is closer than the certified radius.
     assert otnn.lipschitz == pytest.approx(1.0)
-    assert otnn.gradient_norm <= math.sqrt(2.0) + 1e-3
+    assert otnn.gradient_norm_p10 <= otnn.gradient_norm <= 1.0 + 1e-3  # ||grad f_k|| of a 1-Lipschitz net
+    assert otnn.pair_gradient_norm <= math.sqrt(2.0) + 1e-3
+    assert otnn.tightness >= 1.0 - 1e-3  # no class change closer than the certificate
     assert otnn.certified_radius <= otnn.boundary_distance + 1e-3
     # The twin's certificate comes from its (much larger) Lipschitz upper bound.
     assert twin.lipschitz is not None
@@ -108,3 +107,34 @@ def test_command_line_rejects_bad_arguments(arguments: list[str], tmp_path: Path
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, "--output-dir", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None:
+    from tests.conftest import REPO_ROOT
+
+    config = tmp_path / "my_experiment.yaml"  # not a shipped recipe name
+    config.write_text((REPO_ROOT / "recipes" / "quickstart.yaml").read_text())
+    output = tmp_path / "out"
+    otnn, twin = main([
+        "--config", str(config), "--epochs", "1", "--num-explained", "6", "--mu-fidelity-samples", "4",
+        "--stability-samples", "1", "--smoothgrad-samples", "2", "--skip-twin-baselines",
+        "--output-dir", str(output),
+    ])  # fmt: skip
+    assert set(twin.explanations) == {"saliency"}
+    table = (output / "table.md").read_text()
+    assert "SmoothGrad |" not in table.split("| network |", 1)[1].split("\n\n")[0]
+    assert "| median ‖∇f_k‖ of the predicted class (1 is tight) |" in table
+    assert "| 10th percentile of ‖∇f_k‖ |" in table
+    assert "median boundary counterfactual distance / certified radius" in table
+    assert "signed" in table
+    saved = json.loads((output / "results.json").read_text())
+    assert saved["settings"]["config"] == str(config)
+    assert saved["settings"]["twin baselines"] == "skipped"
+    for entry in saved["results"]:
+        assert {"gradient_norm", "gradient_norm_p10", "pair_gradient_norm", "tightness"} <= set(entry)
+    assert otnn.gradient_norm <= 1.0 + 1e-3
+    assert (output / "transports.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        main(["--config", str(tmp_path / "missing.yaml"), "--output-dir", str(output)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
@@ -18,16 +20,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
-from lightning_ot.explain import counterfactual, explanation_grid, explanation_mode, saliency, to_uint8_image
-from lightning_ot.metrics import (
-    AverageStability,
-    Deletion,
-    Insertion,
-    MuFidelity,
-    Sparseness,
-    certified_radius,
-    predicted_labels,
+from lightning_ot.explain import (
+    Explanation,
+    caption_lines,
+    explain,
+    explanation_mode,
+    render_explanation,
+    saliency,
 )
+from lightning_ot.metrics import AverageStability, Deletion, Insertion, MuFidelity, Sparseness
 
 __all__ = ["ExplanationCallback"]
 
@@ -61,27 +62,41 @@ class ExplanationCallback(pl.Callback):
     At the start of ``fit`` (or of the first validation under ``trainer.validate()``) the callback
     picks ``num_samples`` validation samples, as balanced across classes as the data allows. At the
     end of every ``every_n_epochs``-th validation epoch (every time under ``trainer.validate()``),
-    on global rank 0 only, it computes for them:
+    on global rank 0 only, it explains them with :func:`~lightning_ot.explain.explain` (one forward
+    pass and its backward passes serve the saliency and the transports' first step):
 
     - the saliency map ``grad f_k(x)`` of the predicted class ``k`` (binary: ``grad f``);
     - the transports ``x - t d`` toward the runner-up class (binary: the other class) at
-      ``step_sizes`` times each sample's distance to the boundary ``t_b`` (see
-      :func:`~lightning_ot.explain.counterfactual`), and the transport that lands on the boundary;
+      ``step_sizes`` times each sample's first-order distance to the boundary ``t_b``, and the
+      boundary counterfactual (at most ``max_iterations`` Newton steps onto the boundary);
     - the metrics :class:`~lightning_ot.metrics.Deletion`, :class:`~lightning_ot.metrics.Insertion`,
       :class:`~lightning_ot.metrics.MuFidelity`, :class:`~lightning_ot.metrics.AverageStability` and
       :class:`~lightning_ot.metrics.Sparseness` of the saliency maps, with cheaper settings than
       their (Xplique) defaults so that training does not slow down: ``mu_fidelity_samples`` subsets
-      and ``stability_samples`` neighbours per sample.
+      and ``stability_samples`` neighbours per sample (on a batch of 10 samples their values are
+      noisy: read trends, not digits).
 
-    It renders one grid per epoch (rows: samples; columns: input | saliency | transports | last
-    transport minus input; each row captioned with true class, prediction -> counterfactual class,
-    margin and certified radius), and logs it to every attached logger: W&B (``wandb.Image``),
+    It renders one grid per epoch (:func:`~lightning_ot.explain.render_explanation`; rows: samples;
+    columns: input | saliency | transports | boundary counterfactual | counterfactual minus input;
+    each row captioned with true class, prediction -> counterfactual class, margin, certified radius
+    and distance to the boundary), and logs it to every attached logger: W&B (``wandb.Image``),
     TensorBoard (``add_image``), and a PNG under ``<log_dir>/explanations/`` for any other logger
-    (e.g. CSV) or none. The metrics are logged with ``LightningModule.log`` under
-    ``<prefix>/...``: ``deletion``, ``insertion``, ``mu_fidelity``, ``stability``, ``sparseness``,
-    ``flip_rate`` (transports at the largest step that changed the class), ``boundary_reached``
-    (boundary transports that landed on it or flipped) and ``gradient_norm`` (mean
-    ``||grad (f_k - f_j)||``: how close the network is to gradient-norm preservation).
+    (e.g. CSV) or none. The figures are logged with ``LightningModule.log`` under ``<prefix>/...``
+    (medians and quantiles over the explained samples, see
+    :meth:`~lightning_ot.explain.Explanation.summary`):
+
+    - ``gradient_norm``: the **median** of ``||grad f_k||`` of the predicted class (binary:
+      ``||grad f||``), and ``gradient_norm_p10`` its 10th percentile: how close the network is to
+      gradient-norm preservation (1 is ideal), which decides whether saliency and transports mean
+      anything;
+    - ``pair_gradient_norm``: the median of ``||grad (f_k - f_j)||`` (at most ``sqrt 2``);
+    - ``tightness``: the median of the distance to the boundary counterfactual divided by the
+      certified radius (>= 1 always; 1 is ideal);
+    - ``flip_rate`` (transports at the largest step that changed the class), ``boundary_reached``
+      (boundary counterfactuals that landed on it or flipped);
+    - ``deletion``, ``insertion``, ``mu_fidelity``, ``stability`` (the L2 stability: mean L2
+      distance between explanations, not the Spearman stability of the reproduction), ``sparseness``
+      (with ``compute_metrics``, every ``metrics_every_n_epochs``-th time the callback runs).
 
     Other ranks return immediately and never wait for rank 0: the callback runs no collective and
     never calls the model's loss (the hKR loss all-reduces under DDP). The certified radius comes from
@@ -94,10 +109,14 @@ class ExplanationCallback(pl.Callback):
         step_sizes: transports shown, as multiples of each sample's boundary distance.
         clamp: ``(low, high)`` data range to clamp transports to (and to scale images with), e.g.
             ``[0.0, 1.0]``; None: no clamping, each row scaled to its own range.
-        compute_metrics: whether to compute and log the metrics.
+        compute_metrics: whether to compute and log the XAI metrics.
+        metrics_every_n_epochs: compute the XAI metrics every n-th time the callback explains (the
+            grid and the gradient, transport and certificate figures are logged every time).
         mu_fidelity_samples: random subsets per sample for MuFidelity.
         stability_samples: neighbours per sample for AverageStability.
-        panel_size: approximate size in pixels of each panel of the grid.
+        max_iterations: Newton steps of the boundary counterfactual at most.
+        panel_size: approximate size in pixels of each panel of the grid (48: 8x8 digits at 6x; the
+            image is encoded every epoch, its cost grows with its area).
         colormap: kornia colormap of the heatmaps (a diverging one: 0 is its middle).
         prefix: prefix of the logged names.
         scan_limit: validation samples scanned at most to find the class-balanced set.
@@ -115,9 +134,11 @@ class ExplanationCallback(pl.Callback):
         step_sizes: Sequence[float] = (0.5, 1.0, 2.0),
         clamp: Sequence[float] | None = None,
         compute_metrics: bool = True,
+        metrics_every_n_epochs: int = 1,
         mu_fidelity_samples: int = 32,
         stability_samples: int = 4,
-        panel_size: int = 64,
+        max_iterations: int = 5,
+        panel_size: int = 48,
         colormap: str = "seismic",
         prefix: str = "explain",
         scan_limit: int = 4096,
@@ -132,6 +153,10 @@ class ExplanationCallback(pl.Callback):
             raise ValueError(f"`step_sizes` must be a non-empty list of numbers >= 0, got {list(step_sizes)}")
         if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
             raise ValueError(f"`clamp` must be [low, high] with low < high, got {clamp}")
+        if metrics_every_n_epochs < 1:
+            raise ValueError(f"`metrics_every_n_epochs` must be >= 1, got {metrics_every_n_epochs}")
+        if max_iterations < 1:
+            raise ValueError(f"`max_iterations` must be >= 1, got {max_iterations}")
         if mu_fidelity_samples < 2:
             raise ValueError(f"`mu_fidelity_samples` must be >= 2, got {mu_fidelity_samples}")
         if stability_samples < 1:
@@ -141,6 +166,8 @@ class ExplanationCallback(pl.Callback):
         self.step_sizes = [float(step) for step in step_sizes]
         self.clamp = None if clamp is None else (float(clamp[0]), float(clamp[1]))
         self.compute_metrics = compute_metrics
+        self.metrics_every_n_epochs = metrics_every_n_epochs
+        self.max_iterations = max_iterations
         self.mu_fidelity_samples = mu_fidelity_samples
         self.stability_samples = stability_samples
         self.panel_size = panel_size
@@ -153,6 +180,8 @@ class ExplanationCallback(pl.Callback):
         self.last_run_seconds: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.last_image_paths: list[Path] = []
+        self.last_explanation: Explanation | None = None
+        self._runs = 0
         self._warned_not_images = False
 
     # ----------------------------------------------------------------------------------------------
@@ -225,57 +254,50 @@ class ExplanationCallback(pl.Callback):
         stage = "fit" if fitting else str(trainer.state.fn.value)
         with torch.inference_mode(False), torch.enable_grad():
             results = self.explain(pl_module)
-        metrics = results.pop("metrics")
-        for name, value in metrics.items():
-            pl_module.log(f"{self.prefix}/{name}", value, rank_zero_only=True)
+        metrics = results["metrics"]
+        pl_module.log_dict(
+            {f"{self.prefix}/{name}": value for name, value in metrics.items()}, rank_zero_only=True
+        )
         self.last_metrics = metrics
+        self.last_explanation = results["explanation"]
         self.last_image_paths = []
         if results["grid"] is not None:
             self._log_grid(trainer, results["grid"], results["captions"], stage)
         self.last_run_seconds = time.perf_counter() - start
 
     def explain(self, pl_module: pl.LightningModule) -> dict[str, Any]:
-        """Explanations, grid and metrics of the sample set (under ``enable_grad``, not inference mode)."""
+        """Explanation, grid and figures of the sample set (under ``enable_grad``, not inference mode).
+
+        Returns:
+            ``{"explanation": Explanation, "grid": (H, W, 3) uint8 array or None, "captions": [str],
+            "metrics": {name: float}}``.
+        """
         if self.inputs is None or self.labels is None:
             raise RuntimeError("no samples selected: call `select_samples` first")
         model = pl_module
         inputs = self.inputs.to(pl_module.device).clone()
+        radius_fn = getattr(pl_module, "certified_radius", None)
+        with_metrics = self.compute_metrics and self._runs % self.metrics_every_n_epochs == 0
+        self._runs += 1
         with explanation_mode(model, inputs):
-            with torch.no_grad():
-                logits = model(inputs)
-            predictions = (
-                pl_module.predict_labels(logits)
-                if hasattr(pl_module, "predict_labels")
-                else predicted_labels(logits)
+            explanation = explain(
+                model,
+                inputs,
+                radius_fn if callable(radius_fn) else 1.0,
+                step_sizes=self.step_sizes,
+                clamp=self.clamp,
+                max_iterations=self.max_iterations,
             )
-            radius_fn = getattr(pl_module, "certified_radius", None)
-            radius = radius_fn(logits) if callable(radius_fn) else certified_radius(logits)
-            explanations = saliency(model, inputs)
-            walk = counterfactual(model, inputs, mode="steps", step_sizes=self.step_sizes, clamp=self.clamp)
-            boundary = counterfactual(model, inputs, mode="boundary", max_iterations=5, clamp=self.clamp)
-            metrics = {
-                "flip_rate": walk.flipped[:, -1].float().mean().item(),
-                "boundary_reached": (boundary.flipped | boundary.on_boundary).float().mean().item(),
-                "gradient_norm": walk.gradient_norm.mean().item(),
-            }
-            if self.compute_metrics:
-                metrics.update(self._metrics(model, inputs, explanations))
-
-        captions = [
-            f"true {int(label)} pred {int(prediction)}->{int(target)}\n"
-            f"margin {float(margin):.3f}\nradius {float(r):.3f}"
-            for label, prediction, target, margin, r in zip(
-                self.labels, predictions, walk.target, walk.margin_before, radius, strict=True
-            )
-        ]
+            metrics = explanation.summary()
+            if with_metrics:
+                metrics.update(self._metrics(model, explanation))
+        explanation = explanation.to("cpu")
+        captions = caption_lines(explanation, self.labels)
         grid = None
         if inputs.ndim == 4:
-            grid = explanation_grid(
-                inputs,
-                explanations,
-                walk.images,
-                row_labels=captions,
-                column_labels=["input", "saliency", *[f"{t:g} t_b" for t in self.step_sizes], "diff"],
+            grid = render_explanation(
+                explanation,
+                captions,
                 value_range=self.clamp,
                 panel_size=self.panel_size,
                 colormap=self.colormap,
@@ -283,10 +305,13 @@ class ExplanationCallback(pl.Callback):
         elif not self._warned_not_images:
             rank_zero_warn("ExplanationCallback renders grids of (B, C, H, W) images only; logging metrics.")
             self._warned_not_images = True
-        return {"grid": grid, "captions": captions, "metrics": metrics}
+        return {"explanation": explanation, "grid": grid, "captions": captions, "metrics": metrics}
 
-    def _metrics(self, model: Any, inputs: Tensor, explanations: Tensor) -> dict[str, float]:
+    def _metrics(self, model: Any, explanation: Explanation) -> dict[str, float]:
         options = {"sync_on_compute": False}  # rank 0 alone: a sync would wait for the other ranks
+        inputs, explanations = explanation.inputs, explanation.saliency
+        # The explained class: the prediction (binary: f itself, None), so that no metric recomputes it.
+        target = None if explanation.logits.shape[1] == 1 else explanation.prediction
         deletion = Deletion(model, **options)
         insertion = Insertion(model, **options)
         fidelity = MuFidelity(model, num_samples=self.mu_fidelity_samples, seed=self.seed, **options)
@@ -294,10 +319,10 @@ class ExplanationCallback(pl.Callback):
             partial(saliency, model), num_samples=self.stability_samples, seed=self.seed, **options
         )
         sparseness = Sparseness(**options)
-        deletion.update(inputs, explanations)
-        insertion.update(inputs, explanations)
-        fidelity.update(inputs, explanations)
-        stability.update(inputs)
+        deletion.update(inputs, explanations, target)
+        insertion.update(inputs, explanations, target)
+        fidelity.update(inputs, explanations, target)
+        stability.update(inputs, target, explanations=explanations)
         sparseness.update(explanations)
         return {
             name: float(metric.compute())
@@ -314,34 +339,50 @@ class ExplanationCallback(pl.Callback):
     # Logging
     # ----------------------------------------------------------------------------------------------
 
-    def _log_grid(self, trainer: pl.Trainer, grid: Tensor, captions: list[str], stage: str) -> None:
+    def _log_grid(self, trainer: pl.Trainer, grid: np.ndarray, captions: list[str], stage: str) -> None:
         key = f"{self.prefix}/grid"
         step = _logging_step(trainer)
         caption = f"epoch {trainer.current_epoch}, step {step}: " + "; ".join(
             c.replace("\n", ", ") for c in captions
         )
+        # The PNG is encoded once (the fastest lossless zlib level) and handed to W&B as a file: its own
+        # encoding of an array takes about twice as long.
         png_dirs: list[Path] = []
+        wandb_loggers = []
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key, [to_uint8_image(grid)], step=step, caption=[caption])
+                # Beside the run's synced files, not among them (W&B copies the image into its media).
+                png_dirs.append(Path(logger.experiment.dir).parent)
+                wandb_loggers.append((logger, len(png_dirs) - 1))
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(key, grid, global_step=step, dataformats="CHW")
+                logger.experiment.add_image(key, grid, global_step=step, dataformats="HWC")
                 logger.experiment.add_text(f"{key}/captions", caption, global_step=step)
             else:
                 png_dirs.append(Path(logger.log_dir or trainer.default_root_dir))
         if not trainer.loggers:
             png_dirs.append(Path(trainer.default_root_dir))
-        if png_dirs:
-            from PIL import Image
+        if not png_dirs:
+            return
+        from PIL import Image
 
-            image = Image.fromarray(to_uint8_image(grid))
-            name = f"{stage}-epoch={trainer.current_epoch:03d}-step={step:06d}.png"
-            for directory in dict.fromkeys(png_dirs):
-                path = directory / "explanations" / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                image.save(path)
-                path.with_suffix(".txt").write_text("\n".join(c.replace("\n", ", ") for c in captions) + "\n")
-                self.last_image_paths.append(path)
+        name = f"{stage}-epoch={trainer.current_epoch:03d}-step={step:06d}.png"
+        written: list[Path] = []
+        for directory in png_dirs:
+            path = directory / "explanations" / name
+            if path in written:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if written:
+                shutil.copyfile(written[0], path)
+            else:
+                Image.fromarray(grid).save(path, compress_level=1)
+            path.with_suffix(".txt").write_text("\n".join(c.replace("\n", ", ") for c in captions) + "\n")
+            written.append(path)
+        for logger, index in wandb_loggers:
+            logger.log_image(
+                key, [str(png_dirs[index] / "explanations" / name)], step=step, caption=[caption]
+            )
+        self.last_image_paths = written
 
     def state_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "labels": self.labels}

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from lightning_ot.nn._cache import cached_weights
+
 __all__ = ["class_score", "explanation_mode", "input_gradient", "is_binary", "reduce_explanation"]
 
 Model = Callable[[Tensor], Tensor]
@@ -84,8 +86,11 @@ def explanation_mode(model: Model, example: Tensor | None = None) -> Iterator[No
 
     - gradients are enabled even under ``torch.no_grad()`` or ``torch.inference_mode()`` (e.g. inside
       Lightning's ``trainer.validate()``); inputs created under inference mode must be cloned inside;
-    - weights computed by ``torch.nn.utils.parametrize`` (e.g. Björck orthogonalization) are computed
-      once, without a graph to the parameters, and reused by every forward pass inside.
+    - the constrained weights of :mod:`lightning_ot.nn` layers are computed once (certified, without
+      a graph to the parameters) and reused by every forward pass inside, even in training mode
+      (:func:`~lightning_ot.nn.cached_weights`); so are weights computed by
+      ``torch.nn.utils.parametrize`` (any third-party parametrized model); nested contexts reuse the
+      outer cache.
 
     Parameters are not modified and their ``.grad`` is never touched.
 
@@ -106,9 +111,12 @@ def explanation_mode(model: Model, example: Tensor | None = None) -> Iterator[No
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
+        stack.enter_context(cached_weights())
         if isinstance(model, nn.Module) and any(parametrize.is_parametrized(m) for m in model.modules()):
+            # Nested inside another explanation_mode: the weights are already cached, no warm-up pass.
+            nested = getattr(parametrize, "_cache_enabled", 0) > 0
             stack.enter_context(parametrize.cached())
-            if example is not None:
+            if example is not None and not nested:
                 with torch.no_grad():
                     model(example[:1].clone())
         yield

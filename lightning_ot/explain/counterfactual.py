@@ -79,6 +79,7 @@ class _PairMargin:
 
 
 def _predict(logits: Tensor) -> Tensor:
+    """(B,) predicted classes: ``f > 0`` for binary logits, the argmax otherwise."""
     return (logits.reshape(-1) > 0).long() if is_binary(logits) else logits.argmax(dim=1)
 
 
@@ -140,6 +141,28 @@ def counterfactual(
         tensor([[True]])
     """
     check_input(x)
+    _check_transport_options(mode, step_sizes, tolerance, max_iterations, clamp)
+    batch_size = x.shape[0]
+    x = x.detach()
+    with explanation_mode(model, x):
+        with torch.no_grad():
+            logits = model(x.clone())
+        binary = is_binary(logits)
+        source_t, target_t = _resolve_classes(logits, binary, source, target, batch_size, x.device)
+        margin = _PairMargin(source_t, target_t, binary)
+        margin_before, gradient, _ = input_gradient(model, x, margin)
+        first = (model, x, margin, margin_before, gradient)
+        return _transport(*first, mode, step_sizes, relative, tolerance, max_iterations, clamp)
+
+
+def _check_transport_options(
+    mode: str,
+    step_sizes: Sequence[float],
+    tolerance: float,
+    max_iterations: int,
+    clamp: tuple[float, float] | None,
+) -> None:
+    """Raise a ``ValueError`` naming the first bad argument of :func:`counterfactual`."""
     if mode not in ("boundary", "steps"):
         raise ValueError(f"`mode` must be 'boundary' or 'steps', got {mode!r}")
     if mode == "steps" and (len(step_sizes) == 0 or any(t < 0 for t in step_sizes)):
@@ -151,46 +174,44 @@ def counterfactual(
     if clamp is not None and not (len(clamp) == 2 and clamp[0] < clamp[1]):
         raise ValueError(f"`clamp` must be (low, high) with low < high, got {clamp}")
 
+
+def _transport(
+    model, x, margin, margin_before, gradient, mode, step_sizes, relative, tolerance, max_iterations, clamp
+) -> CounterfactualResult:
+    """The transports of :func:`counterfactual` (same options) from ``margin_before = g(x)`` and
+    ``gradient = grad g(x)`` already computed, so that one backward pass serves saliency and
+    transports; ``margin`` is the :class:`_PairMargin` ``g``. Call it inside :func:`explanation_mode`."""
     batch_size = x.shape[0]
-    x = x.detach()
-    with explanation_mode(model, x):
-        with torch.no_grad():
-            logits = model(x.clone())
-        binary = is_binary(logits)
-        source_t, target_t = _resolve_classes(logits, binary, source, target, batch_size, x.device)
-        margin = _PairMargin(source_t, target_t, binary)
-        margin_before, gradient, _ = input_gradient(model, x, margin)
-        gradient_norm = _flat_norm(gradient)
-        safe_norm = gradient_norm.clamp_min(torch.finfo(x.dtype).tiny)
-        boundary_distance = margin_before / safe_norm
+    gradient_norm = _flat_norm(gradient)
+    safe_norm = gradient_norm.clamp_min(torch.finfo(x.dtype).tiny)
+    boundary_distance = margin_before / safe_norm
+    if mode == "boundary":
+        images, clamped = _newton_to_boundary(
+            model, x, margin, margin_before, gradient, tolerance, max_iterations, clamp
+        )
+        images, clamped = images[:, None], clamped[:, None]
+        steps = boundary_distance[:, None]
+    else:
+        requested = torch.as_tensor(list(step_sizes), dtype=x.dtype, device=x.device)
+        steps = (
+            requested[None, :] * boundary_distance[:, None] if relative else requested.expand(batch_size, -1)
+        )
+        direction = (gradient / _expand(safe_norm, gradient)).unsqueeze(1)
+        images = x.unsqueeze(1) - _expand(steps, direction) * direction
+        clamped = torch.zeros_like(steps, dtype=torch.bool)
+        if clamp is not None:
+            unclamped = images
+            images = images.clamp(*clamp)
+            clamped = (images != unclamped).flatten(2).any(dim=2)
 
-        if mode == "boundary":
-            images, clamped = _newton_to_boundary(
-                model, x, margin, margin_before, gradient, tolerance, max_iterations, clamp
-            )
-            images, clamped = images[:, None], clamped[:, None]
-            steps = boundary_distance[:, None]
-        else:
-            requested = torch.as_tensor(list(step_sizes), dtype=x.dtype, device=x.device)
-            steps = (
-                requested[None, :] * boundary_distance[:, None]
-                if relative
-                else requested.expand(batch_size, -1)
-            )
-            direction = (gradient / _expand(safe_norm, gradient)).unsqueeze(1)
-            images = x.unsqueeze(1) - _expand(steps, direction) * direction
-            clamped = torch.zeros_like(steps, dtype=torch.bool)
-            if clamp is not None:
-                unclamped = images
-                images = images.clamp(*clamp)
-                clamped = (images != unclamped).flatten(2).any(dim=2)
-
-        with torch.no_grad():
-            after_logits = model(images.flatten(0, 1))
-        count = images.shape[1]
-        repeated = _PairMargin(source_t.repeat_interleave(count), target_t.repeat_interleave(count), binary)
-        margin_after = repeated(after_logits).view(batch_size, count)
-        flipped = _predict(after_logits).view(batch_size, count) != source_t[:, None]
+    with torch.no_grad():
+        after_logits = model(images.flatten(0, 1))
+    count = images.shape[1]
+    repeated = _PairMargin(
+        margin.source.repeat_interleave(count), margin.target.repeat_interleave(count), margin.binary
+    )
+    margin_after = repeated(after_logits).view(batch_size, count)
+    flipped = _predict(after_logits).view(batch_size, count) != margin.source[:, None]
     return CounterfactualResult(
         images=images,
         step_sizes=steps,
@@ -200,8 +221,8 @@ def counterfactual(
         flipped=flipped,
         on_boundary=margin_after.abs() <= tolerance,
         clamped=clamped,
-        source=source_t,
-        target=target_t,
+        source=margin.source,
+        target=margin.target,
         gradient_norm=gradient_norm,
     )
 

@@ -17,11 +17,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning_ot import OTClassifier
 from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
+from lightning_ot.explain import saliency
 from lightning_ot.models import LipschitzMLP
 from tests import wandb_records
 from tests.conftest import REPO_ROOT
 
-METRICS = ("deletion", "insertion", "mu_fidelity", "stability", "sparseness", "flip_rate", "boundary_reached")
+METRICS = (
+    "deletion", "insertion", "mu_fidelity", "stability", "sparseness", "flip_rate", "boundary_reached",
+    "gradient_norm", "gradient_norm_p10", "pair_gradient_norm", "tightness",
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +100,7 @@ def test_fit_logs_grids_and_metrics_to_wandb_tensorboard_and_csv(tmp_path):
     images = accumulator.Images("explain/grid")
     assert [event.step for event in images] == steps
     assert images[0].width > 300
-    assert images[0].height > 600
+    assert images[0].height > 10 * 48  # a row per sample
     assert "explain/mu_fidelity" in accumulator.Tags()["scalars"]
 
     # CSV: PNG files for each epoch, captions, and metric columns
@@ -126,7 +130,8 @@ def test_validate_under_inference_mode_without_logger_writes_pngs(tmp_path):
     callback, probe = ExplanationCallback(num_samples=4, step_sizes=(1.0, 2.0)), InferenceModeProbe()
     trainer = make_trainer(tmp_path, False, callback)
     trainer.callbacks.append(probe)
-    trainer.validate(tiny_model(), DigitsDataModule())
+    model = tiny_model()
+    trainer.validate(model, DigitsDataModule())
     assert probe.enabled  # the callback really ran under inference mode
     assert callback.labels is not None
     assert callback.labels.tolist() == [0, 1, 2, 3]
@@ -135,7 +140,16 @@ def test_validate_under_inference_mode_without_logger_writes_pngs(tmp_path):
     assert all(math.isfinite(value) for value in callback.last_metrics.values())
     # the boundary is reached (or crossed) for nearly every sample, even untrained
     assert callback.last_metrics["boundary_reached"] >= 0.75
-    assert callback.last_metrics["gradient_norm"] <= math.sqrt(2) + 1e-4
+    # gradient_norm is the median ||grad f_k|| of the predicted class, not that of f_k - f_j
+    model.eval()
+    own = saliency(model, callback.inputs).flatten(1).norm(dim=1).double()
+    assert callback.last_metrics["gradient_norm"] == pytest.approx(float(own.quantile(0.5)), rel=1e-5)
+    assert callback.last_metrics["gradient_norm_p10"] == pytest.approx(float(own.quantile(0.1)), rel=1e-5)
+    assert callback.last_metrics["gradient_norm"] <= 1 + 1e-4
+    pair = callback.last_explanation.pair_gradient_norm.double()
+    assert callback.last_metrics["pair_gradient_norm"] == pytest.approx(float(pair.quantile(0.5)))
+    assert callback.last_metrics["pair_gradient_norm"] <= math.sqrt(2) + 1e-4
+    assert callback.last_metrics["tightness"] >= 1 - 1e-3  # the certificate holds
 
 
 def test_every_n_epochs_and_sanity_check_are_respected(tmp_path):
@@ -146,6 +160,25 @@ def test_every_n_epochs_and_sanity_check_are_respected(tmp_path):
     assert names == ["fit-epoch=001-step=000001.png"]
     assert "explain/mu_fidelity" not in trainer.callback_metrics
     assert "explain/flip_rate" in trainer.callback_metrics
+
+
+def test_metrics_every_n_epochs_keeps_the_grid_and_figures_every_epoch(tmp_path):
+    callback = ExplanationCallback(
+        num_samples=3, metrics_every_n_epochs=2, mu_fidelity_samples=4, stability_samples=1
+    )
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(tmp_path, logger, callback, max_epochs=3, limit_train_batches=1)
+    trainer.fit(tiny_model(), DigitsDataModule())
+    with open(Path(logger.log_dir) / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = {
+        name: [row["epoch"] for row in rows if row.get(f"explain/{name}")]
+        for name in ("mu_fidelity", "tightness")
+    }
+    assert logged == {"mu_fidelity": ["0", "2"], "tightness": ["0", "1", "2"]}
+    assert len(list((Path(logger.log_dir) / "explanations").glob("*.png"))) == 3
+    with pytest.raises(ValueError, match="metrics_every_n_epochs"):
+        ExplanationCallback(metrics_every_n_epochs=0)
 
 
 def test_binary_model_and_bad_arguments(tmp_path):
@@ -174,6 +207,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_ot import OTClassifier
 from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
+from lightning_ot.explain import saliency
 from lightning_ot.models import LipschitzMLP
 
 torch.set_num_threads(1)

@@ -198,6 +198,55 @@ def test_stability_spearman_distance_is_zero_for_an_order_preserving_explainer()
     assert metric.compute().item() == pytest.approx(0.0)
 
 
+class RecordingExplainer:
+    """The identity explainer, keeping every batch it was asked to explain."""
+
+    def __init__(self) -> None:
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, inputs: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        self.calls.append(inputs.clone())
+        return inputs
+
+
+def test_stability_noise_laws_two_sided_per_input_and_xplique_one_sided_shared():
+    inputs = torch.rand(3, 50)
+    explainer = RecordingExplainer()
+    AverageStability(explainer, num_samples=4, radius=0.1, seed=0).update(inputs)
+    noise = (explainer.calls[1].view(3, 4, 50) - inputs[:, None]).flatten(1)
+    assert noise.abs().max() <= 0.1 + 1e-6
+    assert (noise < 0).float().mean() == pytest.approx(0.5, abs=0.1)  # two-sided
+    assert not torch.allclose(noise[0], noise[1])  # a draw of its own for each input
+
+    explainer = RecordingExplainer()
+    metric = AverageStability(explainer, num_samples=4, radius=0.1, noise="xplique", seed=0)
+    metric.update(inputs)
+    metric.update(torch.rand(2, 50))
+    first = explainer.calls[1].view(3, 4, 50) - inputs[:, None]
+    second = explainer.calls[3].view(2, 4, 50) - explainer.calls[2][:, None]
+    assert first.min() >= -1e-6  # U[0, radius): neighbours are never darker
+    assert first.max() < 0.1
+    torch.testing.assert_close(first, first[:1].expand_as(first))  # one draw shared by the batch ...
+    torch.testing.assert_close(second, first[:2])  # ... and by every later batch, as Xplique's masks
+    # Xplique's score with its "l2" (the L2 norm since 1.3.1) for the identity explainer: mean_s ||u_s||
+    torch.testing.assert_close(metric.compute(), first[0].norm(dim=1).mean(), atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="noise"):
+        AverageStability(explainer, noise="one_sided")
+
+
+def test_stability_reuses_given_explanations_of_the_inputs():
+    explainer = RecordingExplainer()
+    inputs = torch.rand(2, 10)
+    metric = AverageStability(explainer, num_samples=3, seed=0)
+    metric.update(inputs, explanations=inputs)
+    assert len(explainer.calls) == 1  # the neighbours only
+    reference = AverageStability(RecordingExplainer(), num_samples=3, seed=0)
+    reference.update(inputs)
+    torch.testing.assert_close(metric.compute(), reference.compute())
+    with pytest.raises(ValueError, match="explanations"):
+        metric.update(inputs, explanations=inputs[:1])
+
+
 def test_stability_passes_the_target_to_the_explainer():
     model = nn.Linear(4, 3)
     metric = AverageStability(partial(saliency, model), num_samples=3, seed=0)
