@@ -23,7 +23,8 @@ def test_split_is_per_digit_first_400_train_last_100_validate() -> None:
     data.setup("fit")
     train_images, train_labels = data.train_dataset.tensors
     val_images, val_labels = data.val_dataset.tensors
-    assert len(train_labels) == 4000 and len(val_labels) == 1000
+    assert len(train_labels) == 4000
+    assert len(val_labels) == 1000
     assert torch.bincount(train_labels).tolist() == [400] * 10
     assert torch.bincount(val_labels).tolist() == [100] * 10
     for digit in (0, 7):
@@ -42,8 +43,10 @@ def test_batches_are_float_images_in_unit_range() -> None:
     data = MNIST5kDataModule(batch_size=32)
     data.setup("fit")
     images, labels = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
-    assert images.shape == (32, 1, 28, 28) and images.dtype == torch.float32
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0 and float(images.max()) > 0.9
+    assert images.shape == (32, 1, 28, 28)
+    assert images.dtype == torch.float32
+    assert float(images.min()) >= 0.0
+    assert 0.9 < float(images.max()) <= 1.0
     assert labels.dtype == torch.int64
 
 
@@ -53,7 +56,8 @@ def test_shift_augmentation_translates_without_mirroring() -> None:
     shifted = make_augmentation("shift", 28)(image.repeat(64, 1, 1, 1))
     assert torch.allclose(shifted.sum(dim=(1, 2, 3)), image.sum())  # the bar never leaves the image
     columns = shifted.sum(dim=(1, 2)).nonzero()[:, 1]
-    assert columns.max() <= 7 and columns.min() >= 2  # at most 2 pixels, never mirrored to the right
+    assert columns.max() <= 7  # at most 2 pixels, never mirrored to the right
+    assert columns.min() >= 2
 
 
 def test_bad_arguments_and_missing_package_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:

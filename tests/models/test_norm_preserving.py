@@ -114,5 +114,5 @@ def test_twin_can_start_from_the_orthogonal_weights() -> None:
     torch.testing.assert_close(plain[0].weight, linear[0].weight.detach())
     fresh = unconstrained_twin(model)
     assert not torch.allclose(
-        [m for m in fresh.modules() if isinstance(m, nn.Linear)][0].weight, plain[0].weight
+        next(m for m in fresh.modules() if isinstance(m, nn.Linear)).weight, plain[0].weight
     )
