@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_ot.nn._transforms import is_transformed
+
 __all__ = ["WeightCache"]
 
 
@@ -17,7 +19,8 @@ class WeightCache:
     (outside inference mode and without a graph) as soon as a source parameter changes: an optimizer
     step or ``load_state_dict`` bumps its version counter, ``.to()`` gives it new storage. In training
     mode with gradients on, the weight is computed afresh on every call so that it stays
-    differentiable. Under ``torch.compile`` nothing is cached.
+    differentiable. Under ``torch.compile``, and for parameters passed through ``torch.func``
+    transforms (``functional_call`` inside ``grad``, ``vmap``, ``jvp``), nothing is cached.
 
     The cache is a plain attribute, never a buffer: it is not in the ``state_dict`` and cannot differ
     across DDP ranks in anything that is synchronized or saved.
@@ -35,7 +38,10 @@ class WeightCache:
         # The constrained weight is computed in float32 even under mixed precision (autocast): Björck
         # iterations in bfloat16 do not converge to an orthogonal matrix (spectral norms of 3 seen).
         full_precision = torch.autocast(sources[0].device.type, enabled=False)
-        if torch.compiler.is_compiling() or (owner.training and torch.is_grad_enabled()):
+        # parameters seen through torch.func (functional_call under grad / vmap / jvp) are computed
+        # with, never cached: gradients flow to them, and a cached wrapper would outlive its transform
+        transformed = any(is_transformed(source) for source in sources)
+        if torch.compiler.is_compiling() or transformed or (owner.training and torch.is_grad_enabled()):
             self.key = self.value = None
             with full_precision:
                 return compute()
