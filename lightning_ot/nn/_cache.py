@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,18 @@ from torch import Tensor, nn
 from lightning_ot.nn._transforms import is_transformed
 
 __all__ = ["WeightCache"]
+
+
+@contextmanager
+def _untraced() -> Iterator[None]:
+    """Suspend the TorchScript tracer (the legacy ONNX exporter): a cached weight enters the traced
+    graph as a constant, as when it was computed before the trace, not as the ops that computed it."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 class WeightCache:
@@ -47,7 +60,7 @@ class WeightCache:
                 return compute()
         key = self._key(sources)
         if self.value is None or key != self.key:
-            with torch.inference_mode(False), torch.no_grad(), full_precision:
+            with torch.inference_mode(False), torch.no_grad(), full_precision, _untraced():
                 self.value = compute()
             self.key = key
         return self.value

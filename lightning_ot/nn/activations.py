@@ -80,6 +80,11 @@ def _select_halves(values: Tensor, keep: Tensor, dim: int) -> Tensor:
     return result
 
 
+def _traced() -> bool:
+    """Under ``torch.compile`` / ``torch.export`` or the TorchScript tracer of the legacy ONNX exporter."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def max_min(input: Tensor, dim: int = 1) -> Tensor:
     """Functional :class:`MaxMin`: ``cat(max(a, b), min(a, b))`` for the two halves ``a, b`` of ``dim``.
 
@@ -90,9 +95,9 @@ def max_min(input: Tensor, dim: int = 1) -> Tensor:
     if isinstance(input, torch.fx.Proxy):
         first, second = input.chunk(2, dim=dim)
         return torch.cat([torch.maximum(first, second), torch.minimum(first, second)], dim=dim)
-    if input.shape[dim] % 2:
+    if not torch.jit.is_tracing() and input.shape[dim] % 2:
         raise ValueError(f"MaxMin needs an even size at dim {dim}, got shape {tuple(input.shape)}")
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and input.requires_grad):
+    if _traced() or not (torch.is_grad_enabled() and input.requires_grad):
         first, second = input.chunk(2, dim=dim)
         return torch.cat([torch.maximum(first, second), torch.minimum(first, second)], dim=dim)
     return _MaxMinFunction.apply(input, dim)[0]

@@ -72,7 +72,8 @@ def vanilla_export(model: nn.Module) -> torch.fx.GraphModule:
     with ``torch.fx`` so that activations, poolings, residual mixing and normalization are inlined as
     torch operations. The returned ``GraphModule`` is in eval mode, has no parametrization, can be
     saved with ``torch.save`` and loaded where lightning_ot is not installed, and exports to ONNX
-    with ``torch.onnx.export``. The input model is left unchanged.
+    with ``torch.onnx.export`` (both the ``dynamo=True`` exporter and the legacy ``dynamo=False`` one;
+    the tests run the files in onnxruntime). The input model is left unchanged.
 
     Args:
         model: any module; lightning_ot layers are converted, other layers are kept.

@@ -157,7 +157,7 @@ def l2_norm_pool2d(
     pad = _pair(padding)
     overlap = math.ceil(kernel[0] / step[0]) * math.ceil(kernel[1] / step[1])
     scale = kernel[0] * kernel[1] / overlap
-    if isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling():
+    if isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return (F.avg_pool2d(input * input, kernel, step, pad) * scale + eps).sqrt()
     if input.dim() not in (3, 4):
         raise ValueError(
@@ -260,7 +260,8 @@ class InvertibleDownsampling(nn.Module):
         self.factor = factor
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.shape[-1] % self.factor or input.shape[-2] % self.factor:
+        # shapes are tensors under the TorchScript tracer (legacy ONNX export): no check there
+        if not torch.jit.is_tracing() and (input.shape[-1] % self.factor or input.shape[-2] % self.factor):
             raise ValueError(
                 f"InvertibleDownsampling({self.factor}) needs H and W divisible by {self.factor}, "
                 f"got shape {tuple(input.shape)}"
