@@ -96,6 +96,11 @@ def test_vanilla_export_is_equivalent_and_plain(index: int, tmp_path) -> None:
     for module in exported.modules():
         assert type(module).__module__.startswith("torch."), type(module)
         assert not hasattr(module, "parametrizations")
+    # every tensor is a parameter or a buffer: .to() converts them all
+    assert not [name for name, value in vars(exported).items() if isinstance(value, torch.Tensor)]
+    output = exported(x).double()
+    torch.testing.assert_close(exported.double()(x.double()), output, atol=1e-5, rtol=0)
+    exported.float()
     # loads and runs where lightning_ot cannot be imported
     torch.save(exported, tmp_path / "model.pt")
     torch.save(x, tmp_path / "x.pt")
@@ -154,3 +159,27 @@ def test_vanilla_export_runs_in_onnxruntime(index: int, dynamo: bool, tmp_path) 
 def test_unexported_models_run_in_onnxruntime(index: int, dynamo: bool, tmp_path) -> None:
     model, shape = _small_models()[index]
     _onnx_round_trip(model, shape, dynamo, tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["mlp", "convnet", "resnet"])
+def test_vanilla_export_inlines_layers_and_folds_parameter_only_operations(index: int) -> None:
+    model, _ = _small_models()[index]
+    exported = vanilla_export(model)
+    nodes = list(exported.graph.nodes)
+    # F.linear / F.conv2d on flat attributes of the root, no module call, no sigmoid of the residual mixing
+    assert not [node for node in nodes if node.op == "call_module"]
+    assert all("." not in node.target for node in nodes if node.op == "get_attr")
+    assert not [node for node in nodes if node.target is torch.sigmoid]
+    assert not list(exported.children())
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 5), (9, 8)])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [(2, None, 0), (3, None, 0), (3, 2, 1)])
+def test_exported_l2_norm_pooling_matches_the_layer(
+    size: tuple[int, int], kernel: int, stride: int | None, padding: int
+) -> None:
+    from lightning_ot.nn import L2NormPool2d
+
+    layer = L2NormPool2d(kernel, stride, padding)
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(vanilla_export(nn.Sequential(layer))(x), layer(x), rtol=1e-6, atol=1e-6)
