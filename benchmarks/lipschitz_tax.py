@@ -9,7 +9,8 @@ so that a shared machine slows both alike; the median of the per-round ratios af
 printed, with its quartiles. On the 5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium
 versions are timed too when those packages are installed (optional, never required). Then: peak memory of one training step of the
 ImageNet-scale ``LipschitzResNet`` at 224x224 (in a fresh subprocess), and the inference-time ratio
-of the ``vanilla_export`` of the ConvNet against its plain twin.
+of the ``vanilla_export`` of the ConvNet against its plain twin (``benchmarks/export_speed.py``
+measures that for every backbone at batch 1 and 256).
 """
 
 from __future__ import annotations
