@@ -286,7 +286,7 @@ class OTClassifier(pl.LightningModule):
         self._log_certified(self.test_certified, "test")
 
     def _log_certified(self, metric: CertifiedRobustAccuracy, stage: str) -> None:
-        values = metric.compute()
+        values = metric.compute().reshape(-1)  # 0-d for a single eps
         for eps, value in zip(metric.eps, values, strict=True):
             # Already synced by the metric; sync_dist only tells Lightning so (same value on every rank).
             self.log(f"{stage}/certified_acc@{eps:g}", value, sync_dist=True)
@@ -301,6 +301,9 @@ class OTClassifier(pl.LightningModule):
             "certified_radius": self.certified_radius(logits),
         }
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _resume_cut_epochs_where_they_stopped(self._trainer, checkpoint)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
@@ -310,3 +313,32 @@ class OTClassifier(pl.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _resume_cut_epochs_where_they_stopped(trainer: pl.Trainer | None, checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved after an epoch was cut short resume inside that epoch.
+
+    A fit stopped before the end of its epoch (``max_steps``, ``trainer.should_stop``, a time limit) still
+    runs the epoch-end hooks, so the checkpoints written then record the epoch as finished and Lightning
+    2.6 would resume at the next epoch, silently dropping the rest of this one. Rewinding the loop
+    counters of the last batch and of the epoch end makes them read as the checkpoint that
+    ``ModelCheckpoint(every_n_train_steps=...)`` writes after that batch: the resumed fit finishes the
+    epoch from the position its resumable loader saved (:mod:`lightning_ot.data.sampling`).
+    """
+    if trainer is None or trainer.state.fn != "fit":
+        return
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    total_batches = trainer.num_training_batches
+    if loop is None or not math.isfinite(total_batches):
+        return
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+    epoch_ended = epochs["current"]["processed"] == epochs["current"]["started"]
+    cut = 0 < batches["current"]["ready"] < total_batches
+    if not (epoch_ended and cut and batches["current"]["completed"] == batches["current"]["ready"]):
+        return
+    for part in ("total", "current"):
+        if epochs[part]["completed"] == epochs[part]["processed"]:  # saved after the fit had ended
+            epochs[part]["completed"] -= 1
+        epochs[part]["processed"] -= 1
+        batches[part]["completed"] -= 1
+    loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
