@@ -201,3 +201,13 @@ def test_non_finite_inputs_stop_training_with_a_clear_error(tmp_path: Path) -> N
     model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
     with pytest.raises(ValueError, match="non-finite"):
         _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=NaNData())
+
+
+def test_a_single_certified_radius_is_logged() -> None:
+    """One ``certified_eps`` makes the metric return a 0-d tensor: it must log, not fail to iterate."""
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10, certified_eps=[0.1])
+    trainer = pl.Trainer(
+        fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, DigitsDataModule())
+    assert "val/certified_acc@0.1" in trainer.callback_metrics
