@@ -102,3 +102,7 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation set, in order (``python -m lightning_ot predict`` writes one row per image)."""
+        return self.val_dataloader()

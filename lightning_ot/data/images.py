@@ -323,6 +323,10 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset or self.val_dataset, False, "test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test set (the validation set where there is none), in order."""
+        return self._loader(self.test_dataset or self.val_dataset, False, "prediction")
+
     def augment(self, images: Tensor) -> Tensor:
         """Apply the training augmentation to float images (B, C, H, W) on their device.
 

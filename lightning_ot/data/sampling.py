@@ -9,6 +9,7 @@ the end of an epoch or in the middle of one, sees the batches the uninterrupted 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,4 +142,8 @@ def resumable_loader(
     """
     world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     sampler = EpochShuffleSampler(dataset, seed, num_replicas=world_size, rank=rank, shuffle=shuffle)
-    return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+    with warnings.catch_warnings():  # torchdata 0.11 calls a torch function that torch 2.13 deprecates
+        warnings.filterwarnings("ignore", message=".*set_vital.* is deprecated")
+        return StatefulDataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs
+        )

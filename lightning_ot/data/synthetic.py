@@ -83,3 +83,7 @@ class SyntheticImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation set, in order."""
+        return self.val_dataloader()
