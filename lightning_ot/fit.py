@@ -29,6 +29,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import yaml
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -150,7 +151,7 @@ class OTLightningCLI(LightningCLI):
     def _apply_thread_policy(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
         trainer = self.trainer
-        on_cpu = trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+        on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
         processes = trainer.num_devices if on_cpu else 1
         try:
             threads, reason = choose_num_threads(
