@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,13 +72,22 @@ def _run(threads: int, epochs: int, load_processes: int) -> float:
     try:
         environment = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS",)}
         environment["WANDB_MODE"] = "disabled"
-        result = subprocess.run(
-            [sys.executable, __file__, "--worker", str(threads), "--epochs", str(epochs)],
-            capture_output=True,
-            text=True,
-            env=environment,
-            check=False,
-        )
+        with tempfile.TemporaryDirectory() as folder:  # the explanation callback writes its PNGs there
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    str(threads),
+                    "--epochs",
+                    str(epochs),
+                ],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                env=environment,
+                check=False,
+            )
     finally:
         for process in load:
             process.terminate()
