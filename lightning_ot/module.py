@@ -141,8 +141,9 @@ class OTClassifier(pl.LightningModule):
         return self.backbone(input)
 
     def _float32_logits(self, input: Tensor) -> Tensor:
-        """The backbone's logits, in float32 when it ran in half precision (autocast)."""
+        """The backbone's logits, checked, in float32 when it ran in half precision (autocast)."""
         logits = self(input)
+        self._check_output(logits)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         return logits
@@ -171,10 +172,16 @@ class OTClassifier(pl.LightningModule):
     # Checks
     # ----------------------------------------------------------------------------------------------
 
-    def _check_output_width(self, logits: Tensor) -> None:
+    def _check_output(self, logits: Any) -> None:
+        allowed = (1, 2) if self.num_classes == 2 else (self.num_classes,)
+        if not isinstance(logits, Tensor):
+            raise TypeError(
+                f"the backbone returns a {type(logits).__name__}, not a tensor: OTClassifier needs (B, "
+                f"{' or '.join(map(str, allowed))}) logits; wrap the backbone so that its forward returns "
+                "the logits alone"
+            )
         if self._output_width_checked:
             return
-        allowed = (1, 2) if self.num_classes == 2 else (self.num_classes,)
         if logits.ndim != 2 or logits.shape[1] not in allowed:
             raise ValueError(
                 f"the backbone returns logits of shape {tuple(logits.shape)} but num_classes="
@@ -220,6 +227,15 @@ class OTClassifier(pl.LightningModule):
         from lightning_ot.nn import lipschitz_audit
 
         starts = input[:16].detach()
+        _check_finite_input(starts, "training")
+        # Before the audit, which assumes (B, K) logits; in eval mode, so no running statistic moves.
+        modes = {module: module.training for module in self.backbone.modules()}
+        try:
+            with torch.no_grad():
+                self._check_output(self.backbone.eval()(starts))
+        finally:
+            for module, training in modes.items():
+                module.train(training)
         report = lipschitz_audit(
             self.backbone, tuple(starts.shape[1:]), starts, layers=False, ascent_steps=20
         )
@@ -246,8 +262,11 @@ class OTClassifier(pl.LightningModule):
     def _shared_step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         input, target = batch[0], batch[1]
         logits = self._float32_logits(input)
-        self._check_output_width(logits)
-        terms = self.compute_loss(logits, target)
+        try:
+            terms = self.compute_loss(logits, target)
+        except ValueError:
+            _check_finite_input(input, stage)  # non-finite logits from non-finite inputs: say so
+            raise
         batch_size = input.shape[0]
         for name, value in terms.items():
             self.log(
@@ -286,7 +305,7 @@ class OTClassifier(pl.LightningModule):
         self._log_certified(self.test_certified, "test")
 
     def _log_certified(self, metric: CertifiedRobustAccuracy, stage: str) -> None:
-        values = metric.compute()
+        values = metric.compute().reshape(-1)  # 0-d for a single eps
         for eps, value in zip(metric.eps, values, strict=True):
             # Already synced by the metric; sync_dist only tells Lightning so (same value on every rank).
             self.log(f"{stage}/certified_acc@{eps:g}", value, sync_dist=True)
@@ -294,12 +313,16 @@ class OTClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         input = batch[0] if isinstance(batch, list | tuple) else batch
+        _check_finite_input(input, "predict")
         logits = self._float32_logits(input)
         return {
             "logits": logits,
             "prediction": self.predict_labels(logits),
             "certified_radius": self.certified_radius(logits),
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        _resume_cut_epochs_where_they_stopped(self._trainer, checkpoint)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -310,3 +333,43 @@ class OTClassifier(pl.LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _check_finite_input(input: Tensor, stage: str) -> None:
+    if isinstance(input, Tensor) and input.is_floating_point() and not bool(torch.isfinite(input).all()):
+        count = int((~torch.isfinite(input)).sum())
+        stage = {"train": "training", "val": "validation"}.get(stage, stage)
+        raise ValueError(
+            f"the {stage} batch's input (shape {tuple(input.shape)}) contains {count} non-finite value(s) "
+            "(NaN or inf): the data is broken (a corrupt file, a division by zero in a transform?), "
+            "not the model"
+        )
+
+
+def _resume_cut_epochs_where_they_stopped(trainer: pl.Trainer | None, checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved after an epoch was cut short resume inside that epoch.
+
+    A fit stopped before the end of its epoch (``max_steps``, ``trainer.should_stop``, a time limit) still
+    runs the epoch-end hooks, so the checkpoints written then record the epoch as finished and Lightning
+    2.6 would resume at the next epoch, silently dropping the rest of this one. Rewinding the loop
+    counters of the last batch and of the epoch end makes them read as the checkpoint that
+    ``ModelCheckpoint(every_n_train_steps=...)`` writes after that batch: the resumed fit finishes the
+    epoch from the position its resumable loader saved (:mod:`lightning_ot.data.sampling`).
+    """
+    if trainer is None or trainer.state.fn != "fit":
+        return
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    total_batches = trainer.num_training_batches
+    if loop is None or not math.isfinite(total_batches):
+        return
+    epochs, batches = loop["epoch_progress"], loop["epoch_loop.batch_progress"]
+    epoch_ended = epochs["current"]["processed"] == epochs["current"]["started"]
+    cut = 0 < batches["current"]["ready"] < total_batches
+    if not (epoch_ended and cut and batches["current"]["completed"] == batches["current"]["ready"]):
+        return
+    for part in ("total", "current"):
+        if epochs[part]["completed"] == epochs[part]["processed"]:  # saved after the fit had ended
+            epochs[part]["completed"] -= 1
+        epochs[part]["processed"] -= 1
+        batches[part]["completed"] -= 1
+    loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_ot.data.sampling import resumable_loader
+
 __all__ = ["DigitsDataModule"]
 
 
@@ -20,7 +22,9 @@ class DigitsDataModule(pl.LightningDataModule):
             given; two classes make a binary task (e.g. ``[0, 8]``: label 1 means an 8).
         batch_size: samples per batch.
         val_fraction: fraction held out for validation, stratified by class.
-        seed: seed of the train/validation split.
+        seed: seed of the train/validation split and of the shuffle (each epoch's order is a function
+            of ``seed`` and the epoch, and the position inside an epoch is checkpointed: a resumed run
+            sees the batches of the uninterrupted one).
         num_workers: DataLoader workers (0 is fastest for data this small).
 
     Example:
@@ -83,14 +87,13 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        return resumable_loader(
             self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
+            self.batch_size,
+            self.seed,
+            trainer=self.trainer,
             drop_last=len(self.train_dataset) > self.batch_size,
             num_workers=self.num_workers,
-            generator=generator,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -98,4 +101,8 @@ class DigitsDataModule(pl.LightningDataModule):
         return DataLoader(self.val_dataset, batch_size=256, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation set, in order (``python -m lightning_ot predict`` writes one row per image)."""
         return self.val_dataloader()

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_ot.data.sampling import epoch_seed, resumable_loader
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Augmentation",
@@ -259,7 +261,12 @@ class ImageDataModule(pl.LightningDataModule):
         augmentation: training augmentation applied on the device (see :func:`make_augmentation`).
         val_batch_size: batch size of validation and test (default ``batch_size``).
         pin_memory: pin host memory (faster copies to a GPU).
-        seed: seed of the shuffling and of any train/validation split.
+        seed: seed of the shuffling, of the augmentation and of any train/validation split.
+
+    Resuming is exact: each epoch's order is a function of ``seed`` and the epoch, the position inside
+    an epoch is checkpointed (:func:`~lightning_ot.data.sampling.resumable_loader`), and every
+    augmented batch draws from its own seed (``seed``, rank, batch count), which the data module's
+    ``state_dict`` keeps.
     """
 
     num_classes: int
@@ -289,20 +296,26 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
         self._augmentation: nn.Module | None = None
+        self.augmented_batches = 0  # batches augmented so far: the seed of the next one
 
     def _loader(self, dataset: Dataset | None, train: bool, name: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {name} set: call setup() first")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-        )
+        options: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if train:
+            return resumable_loader(
+                dataset,
+                self.batch_size,
+                self.seed,
+                trainer=self.trainer,
+                drop_last=len(dataset) > self.batch_size,  # type: ignore[arg-type]
+                **options,
+            )
+        return DataLoader(dataset, batch_size=self.val_batch_size, **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, True, "training")
@@ -313,11 +326,37 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset or self.val_dataset, False, "test")
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test set (the validation set where there is none), in order."""
+        return self._loader(self.test_dataset or self.val_dataset, False, "prediction")
+
     def augment(self, images: Tensor) -> Tensor:
-        """Apply the training augmentation to float images (B, C, H, W) on their device."""
+        """Apply the training augmentation to float images (B, C, H, W) on their device.
+
+        Each call draws from its own seed, a function of ``seed``, the process rank and the number of
+        batches augmented before (kept by :meth:`state_dict`), with the global random state left as it
+        was: a resumed run augments its batches as the uninterrupted run did.
+        """
         if self._augmentation is None:
             self._augmentation = make_augmentation(self.augmentation_kind, self.image_size)
-        return self._augmentation.to(images.device)(images)
+        augmentation = self._augmentation.to(images.device)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        seed = epoch_seed(epoch_seed(self.seed, rank), self.augmented_batches)
+        self.augmented_batches += 1
+        if images.device.type != "cuda":
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                return augmentation(images)
+        with torch.cuda.device(images.device), torch.random.fork_rng(devices=[torch.cuda.current_device()]):
+            torch.default_generator.manual_seed(seed)
+            torch.cuda.manual_seed(seed)
+            return augmentation(images)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"augmented_batches": self.augmented_batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.augmented_batches = int(state_dict.get("augmented_batches", 0))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch[0], batch[1]

@@ -309,6 +309,10 @@ class ShardedImageDataModule(ImageDataModule):
     def _loader(self, dataset: Any, train: bool, name: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__} has no {name} set: call setup() first")
+        if train and self.trainer is not None:
+            # A fit resumed from a checkpoint starts at its epoch: draw that epoch's shard order, not
+            # epoch 0's (a resume in the middle of an epoch restarts that epoch's stream).
+            dataset.epoch = self.trainer.current_epoch
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,

@@ -8,6 +8,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_ot.data.sampling import resumable_loader
+
 __all__ = ["SyntheticImageDataModule"]
 
 
@@ -23,7 +25,8 @@ class SyntheticImageDataModule(pl.LightningDataModule):
         num_classes: number of classes (labels 0 .. num_classes - 1).
         num_samples: training samples (validation gets a quarter, at least one batch).
         batch_size: samples per batch.
-        seed: seed of the generated data.
+        seed: seed of the generated data and of the shuffle (each epoch's order is a function of
+            ``seed`` and the epoch: a resumed run sees the batches of the uninterrupted one).
 
     Example:
         >>> data = SyntheticImageDataModule((3, 8, 8), num_classes=4, num_samples=16, batch_size=4)
@@ -72,12 +75,15 @@ class SyntheticImageDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_dataset is not None, "call setup() first"
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=generator)
+        return resumable_loader(self.train_dataset, self.batch_size, self.seed, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_dataset is not None, "call setup() first"
         return DataLoader(self.val_dataset, batch_size=self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The validation set, in order."""
         return self.val_dataloader()

@@ -18,6 +18,8 @@ loss and gradients as one rank with batch ``W * b``.
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "HKRTerms",
     "binary_hkr",
+    "check_loss_parameters",
     "hinge_margin",
     "kantorovich_rubinstein",
     "multiclass_hkr",
@@ -58,6 +61,47 @@ def _global_sum(tensor: Tensor, distributed: bool) -> Tensor:
     if distributed and _distributed_world():
         return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+_RANGES = {
+    "margin": (0.0, False, math.inf),  # (lower bound, lower bound allowed, upper bound excluded)
+    "hinge_weight": (0.0, True, math.inf),
+    "temperature": (0.0, False, math.inf),
+    "momentum": (0.0, True, 1.0),
+}
+_EXPECTED = {
+    "margin": "a finite number > 0",
+    "hinge_weight": "a finite number >= 0",
+    "temperature": "a finite number > 0",
+    "momentum": "a number in [0, 1)",
+}
+
+
+def check_loss_parameters(**parameters: float | Tensor) -> None:
+    """Raise a ``ValueError`` naming any hKR parameter that is not finite or out of its range.
+
+    ``margin > 0``, ``hinge_weight >= 0``, ``temperature > 0`` (all finite), ``momentum`` in [0, 1).
+    Tensors (an adaptive temperature) are not checked: that would need a host sync at every step.
+
+    Example:
+        >>> check_loss_parameters(margin=0.5, temperature=float("inf"))
+        Traceback (most recent call last):
+        ...
+        ValueError: `temperature` must be a finite number > 0, got inf
+    """
+    for name, value in parameters.items():
+        if isinstance(value, Tensor):
+            continue
+        low, low_allowed, high = _RANGES[name]
+        valid = (
+            isinstance(value, Real)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= low if low_allowed else value > low)
+            and value < high
+        )
+        if not valid:
+            raise ValueError(f"`{name}` must be {_EXPECTED[name]}, got {value!r}")
 
 
 def _flatten_binary_logits(logits: Tensor) -> Tensor:
@@ -169,6 +213,7 @@ def hinge_margin(logits: Tensor, signs: Tensor, margin: float) -> Tensor:
         >>> hinge_margin(torch.tensor([0.5, -2.0]), torch.tensor([1.0, -1.0]), margin=1.0)
         tensor(0.2500)
     """
+    check_loss_parameters(margin=margin)
     return torch.relu(margin - signs * logits).mean()
 
 
@@ -195,6 +240,7 @@ def binary_hkr(
         >>> terms.loss, terms.kr, terms.hinge
         (tensor(-3.), tensor(3.), tensor(0.))
     """
+    check_loss_parameters(margin=margin, hinge_weight=hinge_weight)
     scores = _flatten_binary_logits(logits)
     if check_inputs:
         _check_finite(scores)
@@ -223,6 +269,7 @@ def multiclass_hkr(
         >>> multiclass_hkr(logits, torch.tensor([0, 1]), margin=1.0, hinge_weight=1.0).kr
         tensor(2.)
     """
+    check_loss_parameters(margin=margin, hinge_weight=hinge_weight)
     if logits.ndim != 2:
         raise ValueError(f"multiclass hKR expects `logits` of shape (B, C), got {tuple(logits.shape)}")
     if check_inputs:
@@ -240,6 +287,7 @@ def soft_hkr_temperature(temperature: float, margin: float, mean_abs_logit: Tens
     ``mu`` (the running mean of ``|f|``) is clamped below at ``margin / 100`` so that an untrained
     network with tiny outputs does not get an exploding temperature.
     """
+    check_loss_parameters(temperature=temperature, margin=margin)
     mean_abs_logit = torch.as_tensor(mean_abs_logit, dtype=torch.float32)
     return (temperature * margin / mean_abs_logit.clamp_min(margin / 100.0)).detach()
 
@@ -275,6 +323,7 @@ def soft_hkr(
         >>> soft_hkr(logits, torch.tensor([0]), margin=1.0, hinge_weight=1.0, temperature=1.0).kr
         tensor(4.)
     """
+    check_loss_parameters(margin=margin, hinge_weight=hinge_weight, temperature=temperature)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"soft hKR expects `logits` of shape (B, C) with C >= 2, got {tuple(logits.shape)}")
     if check_inputs:

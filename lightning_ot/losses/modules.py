@@ -55,8 +55,7 @@ class HingeMarginLoss(nn.Module):
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
-        if margin <= 0:
-            raise ValueError(f"`margin` must be > 0, got {margin}")
+        F.check_loss_parameters(margin=margin)
         self.margin = margin
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -96,10 +95,7 @@ class HKRLoss(nn.Module):
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
-        if margin <= 0:
-            raise ValueError(f"`margin` must be > 0, got {margin}")
-        if hinge_weight < 0:
-            raise ValueError(f"`hinge_weight` must be >= 0, got {hinge_weight}")
+        F.check_loss_parameters(margin=margin, hinge_weight=hinge_weight)
         self.margin = margin
         self.hinge_weight = hinge_weight
         self.distributed = distributed
@@ -160,12 +156,9 @@ class SoftHKRLoss(nn.Module):
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
-        if margin <= 0:
-            raise ValueError(f"`margin` must be > 0, got {margin}")
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum}")
+        F.check_loss_parameters(
+            margin=margin, hinge_weight=hinge_weight, temperature=temperature, momentum=momentum
+        )
         self.margin = margin
         self.hinge_weight = hinge_weight
         self.temperature = temperature

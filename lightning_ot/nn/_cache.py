@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from lightning_ot.nn._transforms import is_transformed
+
 __all__ = ["WeightCache", "cached_weights"]
 
 _forced_caching = 0
@@ -38,6 +40,18 @@ def cached_weights() -> Iterator[None]:
         _forced_caching -= 1
 
 
+@contextmanager
+def _untraced() -> Iterator[None]:
+    """Suspend the TorchScript tracer (the legacy ONNX exporter): a cached weight enters the traced
+    graph as a constant, as when it was computed before the trace, not as the ops that computed it."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 class WeightCache:
     """Holds one computed weight and the identity (storage, version, dtype, device) of its sources.
 
@@ -48,7 +62,10 @@ class WeightCache:
     one that certificates, explanations and exports use. In training mode with gradients on, the
     weight is computed afresh on every call, not certified, so that it stays differentiable and cheap.
     Under ``torch.compile`` the certified weight is cached and certified outside the compiled graph
-    (eagerly); an uncertified weight is recomputed at every call.
+    (eagerly); an uncertified weight is recomputed at every call, and so is every weight under
+    ``torch.export`` (export :func:`~lightning_ot.nn.vanilla_export` to keep the certified weights). For parameters passed through
+    ``torch.func`` transforms (``functional_call`` inside ``grad``, ``vmap``, ``jvp``) nothing is
+    cached or certified: the weight is computed with them, so that gradients flow.
 
     The cache is a plain attribute, never a buffer: it is not in the ``state_dict`` and cannot differ
     across DDP ranks in anything that is synchronized or saved. Copies and pickles start empty.
@@ -70,8 +87,12 @@ class WeightCache:
         certify: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         training = owner.training and torch.is_grad_enabled() and not _forced_caching
+        # parameters seen through torch.func (functional_call under grad / vmap / jvp) are computed
+        # with, never cached: gradients flow to them, and a cached wrapper would outlive its transform
+        training = training or any(is_transformed(source) for source in sources)
         if torch.compiler.is_compiling():
-            if training or certify is None:
+            # torch.export traces with fake tensors: no number can be read back to certify or cache
+            if training or certify is None or torch.compiler.is_exporting():
                 self.key = self.value = None
                 with torch.autocast(sources[0].device.type, enabled=False):
                     return compute()
@@ -94,7 +115,7 @@ class WeightCache:
             # The constrained weight is computed in float32 even under mixed precision (autocast):
             # Björck iterations in bfloat16 do not converge to an orthogonal matrix (norms of 3 seen).
             full_precision = torch.autocast(sources[0].device.type, enabled=False)
-            with torch.inference_mode(False), torch.no_grad(), full_precision:
+            with torch.inference_mode(False), torch.no_grad(), full_precision, _untraced():
                 value = compute()
                 self.value = value if certify is None else certify(value)
             self.key = key

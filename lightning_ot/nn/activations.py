@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_ot.nn._transforms import is_transformed
+
 __all__ = ["GroupSort", "MaxMin", "max_min"]
 
 
@@ -15,37 +17,72 @@ class _MaxMinFunction(torch.autograd.Function):
 
     ``torch.where`` with a boolean condition is not vectorized on CPU (about 20x slower than
     ``torch.maximum``), so the forward writes ``maximum`` / ``minimum`` straight into the two halves
-    of the output and keeps the mask ``m = (a >= b)`` as 0/1 floats; the backward is
-    ``grad_a = lerp(grad_min, grad_max, m)`` and ``grad_b = lerp(grad_max, grad_min, m)``, each written
-    into its half of the result (``lerp`` with a weight of exactly 0 or 1 returns an endpoint exactly).
+    of the output and returns the mask ``m = (a >= b)`` as 0/1 floats (a second, non-differentiable
+    output: ``torch.func`` wants what the backward needs returned, not stored by the forward); the
+    backward is ``grad_a = lerp(grad_min, grad_max, m)`` and ``grad_b = lerp(grad_max, grad_min, m)``,
+    each written into its half of the result (``lerp`` with a weight of exactly 0 or 1 returns an
+    endpoint exactly). The forward-mode rule (``jvp``) moves the tangent the same way as the input.
+    Under ``torch.vmap`` the vmapped dimension is moved to the front and the function applied to the
+    whole batch (``out=`` operations have no batching rule).
     """
 
     @staticmethod
-    def forward(ctx: Any, input: Tensor, dim: int) -> Tensor:
+    def forward(input: Tensor, dim: int) -> tuple[Tensor, Tensor]:
         first, second = input.chunk(2, dim=dim)
         output = torch.empty_like(input, memory_format=torch.contiguous_format)
         upper, lower = output.chunk(2, dim=dim)
         torch.maximum(first, second, out=upper)
         torch.minimum(first, second, out=lower)
         keep = torch.ge(first, second, out=torch.empty_like(upper))
-        ctx.save_for_backward(keep)
-        ctx.dim = dim
-        return output
+        return output, keep
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+    def setup_context(ctx: Any, inputs: tuple[Tensor, int], output: tuple[Tensor, Tensor]) -> None:
+        _, keep = output
+        ctx.mark_non_differentiable(keep)
+        ctx.save_for_backward(keep)
+        ctx.save_for_forward(keep)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, grad_keep: Tensor | None) -> tuple[Tensor, None]:
         (keep,) = ctx.saved_tensors
-        grad_upper, grad_lower = grad_output.chunk(2, dim=ctx.dim)
-        if torch.is_grad_enabled():
-            # double backward: out= variants are not differentiable
-            grad_first = torch.lerp(grad_lower, grad_upper, keep)
-            grad_second = torch.lerp(grad_upper, grad_lower, keep)
-            return torch.cat([grad_first, grad_second], dim=ctx.dim), None
-        grad_input = torch.empty_like(grad_output, memory_format=torch.contiguous_format)
-        grad_first, grad_second = grad_input.chunk(2, dim=ctx.dim)
-        torch.lerp(grad_lower, grad_upper, keep, out=grad_first)
-        torch.lerp(grad_upper, grad_lower, keep, out=grad_second)
-        return grad_input, None
+        return _select_halves(grad_output, keep, ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx: Any, input_tangent: Tensor, dim_tangent: None) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return _select_halves(input_tangent, keep, ctx.dim), None
+
+    @staticmethod
+    def vmap(
+        info: Any, in_dims: tuple[int | None, None], input: Tensor, dim: int
+    ) -> tuple[tuple[Tensor, Tensor], tuple[int, int]]:
+        input = input.movedim(in_dims[0], 0)
+        return _MaxMinFunction.apply(input, dim if dim < 0 else dim + 1), (0, 0)
+
+
+def _select_halves(values: Tensor, keep: Tensor, dim: int) -> Tensor:
+    """``cat(lerp(b, a, m), lerp(a, b, m))`` for the halves ``a, b`` of ``values`` at ``dim``.
+
+    MaxMin's Jacobian swaps the two entries of each pair where ``m = 0`` and keeps them where
+    ``m = 1``: it is its own transpose, so this routes a tangent forward and a gradient backward alike.
+    """
+    first, second = values.chunk(2, dim=dim)
+    if torch.is_grad_enabled() or is_transformed(values):
+        # double backward or torch.func transforms: out= variants are neither differentiable nor
+        # batched by vmap
+        return torch.cat([torch.lerp(second, first, keep), torch.lerp(first, second, keep)], dim=dim)
+    result = torch.empty_like(values, memory_format=torch.contiguous_format)
+    upper, lower = result.chunk(2, dim=dim)
+    torch.lerp(second, first, keep, out=upper)
+    torch.lerp(first, second, keep, out=lower)
+    return result
+
+
+def _traced() -> bool:
+    """Under ``torch.compile`` / ``torch.export`` or the TorchScript tracer of the legacy ONNX exporter."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def max_min(input: Tensor, dim: int = 1) -> Tensor:
@@ -58,12 +95,12 @@ def max_min(input: Tensor, dim: int = 1) -> Tensor:
     if isinstance(input, torch.fx.Proxy):
         first, second = input.chunk(2, dim=dim)
         return torch.cat([torch.maximum(first, second), torch.minimum(first, second)], dim=dim)
-    if input.shape[dim] % 2:
+    if not torch.jit.is_tracing() and input.shape[dim] % 2:
         raise ValueError(f"MaxMin needs an even size at dim {dim}, got shape {tuple(input.shape)}")
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and input.requires_grad):
+    if _traced() or not (torch.is_grad_enabled() and input.requires_grad):
         first, second = input.chunk(2, dim=dim)
         return torch.cat([torch.maximum(first, second), torch.minimum(first, second)], dim=dim)
-    return _MaxMinFunction.apply(input, dim)
+    return _MaxMinFunction.apply(input, dim)[0]
 
 
 class MaxMin(nn.Module):

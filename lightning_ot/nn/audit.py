@@ -242,6 +242,35 @@ def _global_bound(
     return None
 
 
+def _check_finite_inputs(inputs: Tensor) -> None:
+    if not isinstance(inputs, Tensor) or inputs.ndim < 2 or inputs.shape[0] < 1:
+        shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+        raise ValueError(f"`inputs` must be a (B, ...) batch, got {shape}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        count = int((~torch.isfinite(inputs)).sum())
+        raise ValueError(
+            f"`inputs` (shape {tuple(inputs.shape)}) contains {count} non-finite value(s) (NaN or inf): "
+            "a Lipschitz constant cannot be measured from them"
+        )
+
+
+def _check_audit_inputs(model: nn.Module, inputs: Tensor) -> None:
+    """Refuse non-finite inputs and a model whose output is not a (B, ...) tensor, before measuring."""
+    _check_finite_inputs(inputs)
+    with torch.no_grad(), _eval_mode(model):  # eval: no running statistic moves
+        outputs = model(inputs[:2])
+    if not isinstance(outputs, Tensor):
+        raise TypeError(
+            f"the model must return a (B, K) tensor, got a {type(outputs).__name__}: audit a module whose "
+            "forward returns the logits alone"
+        )
+    if outputs.ndim < 2 or outputs.shape[0] != min(2, inputs.shape[0]):
+        raise ValueError(
+            f"the model must return a (B, K) tensor for a batch of {min(2, inputs.shape[0])} inputs, got shape "
+            f"{tuple(outputs.shape)}" + (" (return (B, 1) for a single output)" if outputs.ndim == 1 else "")
+        )
+
+
 def _scalar_outputs(outputs: Tensor, output_index: int | None) -> Tensor:
     outputs = outputs.reshape(outputs.shape[0], -1)
     if outputs.shape[1] == 1:
@@ -260,6 +289,7 @@ def gradient_norms(model: nn.Module, inputs: Tensor, output_index: int | None = 
         >>> gradient_norms(nn.Linear(3, 1, bias=False).requires_grad_(False), torch.randn(2, 3)).shape
         torch.Size([2])
     """
+    _check_audit_inputs(model, inputs)
     with torch.inference_mode(False), torch.enable_grad():
         inputs = inputs.detach().clone().requires_grad_(True)
         scalars = _scalar_outputs(model(inputs), output_index)
@@ -286,8 +316,7 @@ def empirical_lipschitz(
         >>> round(empirical_lipschitz(layer, torch.randn(8, 4)), 4)
         3.0
     """
-    if inputs.ndim < 2 or inputs.shape[0] < 1:
-        raise ValueError(f"`inputs` must be a (B, ...) batch, got shape {tuple(inputs.shape)}")
+    _check_audit_inputs(model, inputs)
     scale = float(inputs.detach().float().std()) if inputs.numel() > 1 else 1.0
     scale = scale if math.isfinite(scale) and scale > 0 else 1.0
     with torch.inference_mode(False), torch.enable_grad():
@@ -350,6 +379,8 @@ def lipschitz_audit(
         True
     """
     input_shape = tuple(int(size) for size in input_shape)
+    if inputs is not None:
+        _check_finite_inputs(inputs)
     if inputs is not None and tuple(inputs.shape[1:]) != input_shape:
         raise ValueError(
             f"`inputs` has sample shape {tuple(inputs.shape[1:])}, expected `input_shape` {input_shape}"

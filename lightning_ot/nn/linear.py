@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
+from lightning_ot.nn._transforms import is_transformed
 from lightning_ot.nn.bounds import certify_weight
 
 __all__ = ["BjorckOrthogonalization", "OrthogonalLinear", "bjorck_orthonormalize"]
@@ -114,35 +115,65 @@ def _bjorck_steps(
 class _BjorckFunction(torch.autograd.Function):
     """Björck's iteration with a hand-written backward through its steps (the same gradient as autograd's).
 
-    The forward runs without recording a graph and keeps the few small matrices of each step; the
-    backward walks the steps in reverse with fused products: ``dX = 1.5 D - 0.5 (G D + (D X^T + X D^T) X)``
-    per direct step, and the chain rule through ``F``, ``G`` and ``S`` in the Gram form. Autograd's own
-    backward of the same steps makes about three times as many calls, which dominate the cost for
-    the small matrices of a network's layers. A double backward (``create_graph=True``) recomputes the
-    steps with autograd recording them.
+    The forward runs without recording a graph and returns, besides the result, the few small
+    matrices of each step as non-differentiable outputs (``torch.func`` wants what the backward needs
+    returned, not stored by the forward); the backward walks the steps in reverse with fused
+    products: ``dX = 1.5 D - 0.5 (G D + (D X^T + X D^T) X)`` per direct step, and the chain rule
+    through ``F``, ``G`` and ``S`` in the Gram form. Autograd's own backward of the same steps makes
+    about three times as many calls, which dominate the cost for the small matrices of a network's
+    layers. A double backward (``create_graph=True``, and every ``torch.func`` transform) recomputes
+    the steps with ``torch.func.vjp``; the forward-mode rule (``jvp``) pushes the tangent through the
+    saved steps; ``torch.vmap`` runs the (already batched) iteration on the whole batch at once.
     """
 
     @staticmethod
-    def forward(ctx: Any, matrix: Tensor, iterations: int, tolerance: float | None) -> Tensor:
+    def forward(matrix: Tensor, iterations: int, tolerance: float | None) -> tuple[Tensor, ...]:
         trace = _BjorckTrace()
         result = _bjorck_steps(matrix, iterations, tolerance, trace)
-        ctx.trace = trace
-        ctx.save_for_backward(matrix)
-        return result
+        assert trace.scale is not None
+        if trace.factor is None:  # direct form (X_0 is the initial matrix), or no step at all
+            saved = [tensor for step in trace.steps for tensor in step]
+        else:  # Gram form: X_0, F, (G_0, S_0), then (F_k, G_k, S_k)
+            assert trace.initial is not None
+            steps = (tensor for step in trace.steps for tensor in step if tensor is not None)
+            saved = [trace.initial, trace.factor, *steps]
+        return result, trace.scale, *saved
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
-        trace: _BjorckTrace = ctx.trace
-        if torch.is_grad_enabled():
-            (matrix,) = ctx.saved_tensors
-            with torch.enable_grad():
-                result = _bjorck_steps(matrix, len(trace.steps), None)
-            (grad,) = torch.autograd.grad(result, matrix, grad_output, create_graph=True)
-            return grad, None, None
+    def setup_context(ctx: Any, inputs: tuple[Tensor, int, float | None], output: tuple[Tensor, ...]) -> None:
+        matrix = inputs[0]
+        _, *trace = output
+        ctx.mark_non_differentiable(*trace)
+        ctx.save_for_backward(matrix, *trace)
+        ctx.save_for_forward(*trace)
+        ctx.direct = 2 * matrix.shape[-1] < 3 * matrix.shape[-2]
+
+    @staticmethod
+    def _trace(ctx: Any, saved: tuple[Tensor, ...]) -> _BjorckTrace:
+        scale, *rest = saved
+        trace = _BjorckTrace(scale=scale)
+        if not rest:
+            return trace
+        if ctx.direct:
+            trace.steps = [(rest[index], rest[index + 1]) for index in range(0, len(rest), 2)]
+            trace.initial = rest[0]
+            return trace
+        trace.initial, trace.factor, *rest = rest
+        trace.steps = [(None, rest[0], rest[1])]
+        trace.steps += [tuple(rest[index : index + 3]) for index in range(2, len(rest), 3)]
+        return trace
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, *_: Tensor | None) -> tuple[Tensor | None, None, None]:
+        matrix, *saved = ctx.saved_tensors
+        trace = _BjorckFunction._trace(ctx, tuple(saved))
+        if torch.is_grad_enabled() or is_transformed(grad_output):
+            iterations = len(trace.steps)
+            _, pullback = torch.func.vjp(lambda weight: _bjorck_steps(weight, iterations, None), matrix)
+            return pullback(grad_output)[0], None, None
         assert trace.scale is not None
-        assert trace.initial is not None
         grad = grad_output.contiguous()
-        if trace.steps and len(trace.steps[0]) == 2:  # direct form
+        if trace.steps and ctx.direct:
             for matrix, gram in reversed(trace.steps):
                 outer = grad @ matrix.mT
                 outer = outer + outer.mT
@@ -151,6 +182,7 @@ class _BjorckFunction(torch.autograd.Function):
                 )
         elif trace.steps:  # Gram form: result = F X_0
             assert trace.factor is not None
+            assert trace.initial is not None
             initial = trace.initial
             grad_factor = grad @ initial.mT
             grad = trace.factor.mT @ grad
@@ -171,6 +203,51 @@ class _BjorckFunction(torch.autograd.Function):
             assert grad_gram is not None
             grad = _add_product(grad, grad_gram + grad_gram.mT, initial, beta=1.0, alpha=1.0)
         return grad * trace.scale, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, matrix_tangent: Tensor, *_: None) -> tuple[Tensor | None, ...]:
+        trace = _BjorckFunction._trace(ctx, ctx.saved_tensors)
+        assert trace.scale is not None
+        tangent = matrix_tangent * trace.scale
+        if trace.steps and ctx.direct:  # X' = 1.5 X - 0.5 G X with G = X X^T
+            for matrix, gram in trace.steps:
+                outer = tangent @ matrix.mT
+                outer = outer + outer.mT
+                tangent = torch.add(1.5 * tangent, outer @ matrix + gram @ tangent, alpha=-0.5)
+        elif trace.steps:  # result = F X_0, F <- S F, G <- S G S, S = 1.5 I - 0.5 G
+            assert trace.factor is not None
+            assert trace.initial is not None
+            initial = trace.initial
+            gram_tangent = tangent @ initial.mT
+            gram_tangent = gram_tangent + gram_tangent.mT
+            factor_tangent: Tensor | None = None
+            for index, (factor, gram, step) in enumerate(trace.steps):
+                step_tangent = -0.5 * gram_tangent
+                if factor is None:
+                    factor_tangent = step_tangent
+                else:
+                    assert factor_tangent is not None
+                    factor_tangent = step_tangent @ factor + step @ factor_tangent
+                if index + 1 < len(trace.steps):
+                    product = step @ gram
+                    gram_tangent = (
+                        step_tangent @ product + step @ gram_tangent @ step + product @ step_tangent
+                    )
+            assert factor_tangent is not None
+            tangent = factor_tangent @ initial + trace.factor @ tangent
+        return tangent, *(None for _ in ctx.saved_tensors)
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[int | None, None, None],
+        matrix: Tensor,
+        iterations: int,
+        tolerance: float | None,
+    ) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+        # the iteration is batched over leading dimensions already (the tolerance is for all at once)
+        outputs = _BjorckFunction.apply(matrix.movedim(in_dims[0], 0), iterations, tolerance)
+        return outputs, tuple(0 for _ in outputs)
 
 
 def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float | None = 1e-3) -> Tensor:
@@ -222,8 +299,11 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     compiling = torch.compiler.is_compiling()
     if tolerance is not None and (weight.device.type != "cpu" or compiling):
         tolerance = None
-    if torch.is_grad_enabled() and matrix.requires_grad and not compiling:
-        result = _BjorckFunction.apply(matrix, iterations, tolerance)
+    recorded = torch.is_grad_enabled() and matrix.requires_grad
+    # the Function also keeps the scale a constant for forward-mode AD, which no_grad does not stop
+    tangent = torch.autograd.forward_ad.unpack_dual(matrix).tangent is not None
+    if (recorded or tangent or is_transformed(matrix)) and not compiling:
+        result = _BjorckFunction.apply(matrix, iterations, tolerance)[0]
     else:
         result = _bjorck_steps(matrix, iterations, tolerance)
     result = result if wide else result.mT

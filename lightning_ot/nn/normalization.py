@@ -43,7 +43,10 @@ class Normalize(nn.Module):
         return float(1.0 / self.std.min())
 
     def forward(self, input: Tensor) -> Tensor:
-        return ((input.movedim(1, -1) - self.mean) / self.std).movedim(-1, 1)
+        # (B, C, *) -> (B, C, N) views broadcast against (C, 1): no transpose, whatever the rank, so
+        # that fx tracing (which does not know the rank) and both ONNX exporters see plain ops
+        flat = input.unsqueeze(-1).flatten(2)
+        return ((flat - self.mean[:, None]) / self.std[:, None]).view_as(input)
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.tolist()}, std={self.std.tolist()}"

@@ -11,6 +11,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from lightning_ot.nn._transforms import is_transformed
+
 __all__ = ["GlobalL2NormPool2d", "InvertibleDownsampling", "L2NormPool2d", "l2_norm_pool2d"]
 
 
@@ -20,12 +22,15 @@ class _L2NormPoolFunction(torch.autograd.Function):
     ``output = sqrt(scale * avg_pool(x^2) + eps)``, so ``grad_x = x * avg_pool_backward(scale * grad /
     output)``: one small elementwise op on the pooled gradient, the spreading back over the windows and
     one product with the saved input (autograd's chain of ``sqrt``, ``mul``, ``avg_pool2d`` and ``x * x``
-    makes three more full-size passes). The backward is itself differentiable (double backward).
+    makes three more full-size passes). The backward is itself differentiable (double backward); the
+    forward-mode rule is ``d output = scale * avg_pool(x dx) / output``, and ``torch.vmap`` batches the
+    pooling operations themselves.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         input: Tensor,
         kernel: tuple[int, int],
         stride: tuple[int, int],
@@ -33,11 +38,15 @@ class _L2NormPoolFunction(torch.autograd.Function):
         scale: float,
         eps: float,
     ) -> Tensor:
-        output = F.avg_pool2d(input * input, kernel, stride, padding).mul_(scale).add_(eps).sqrt_()
+        return F.avg_pool2d(input * input, kernel, stride, padding).mul_(scale).add_(eps).sqrt_()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, kernel, stride, padding, scale, _ = inputs
         ctx.save_for_backward(input, output)
+        ctx.save_for_forward(input, output)
         ctx.pooling = (kernel, stride, padding)
         ctx.scale = scale
-        return output
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -47,22 +56,37 @@ class _L2NormPoolFunction(torch.autograd.Function):
         spread = torch.ops.aten.avg_pool2d_backward(pooled, input, kernel, stride, padding, False, True, None)
         return spread * input, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx: Any, input_tangent: Tensor, *_: None) -> Tensor:
+        input, output = ctx.saved_tensors
+        kernel, stride, padding = ctx.pooling
+        return F.avg_pool2d(input * input_tangent, kernel, stride, padding) * ctx.scale / output
+
 
 def _window_views(input: Tensor, kernel: tuple[int, int], windows: tuple[int, int]) -> list[Tensor]:
     """The strided views ``input[..., i::kh, j::kw]`` (cropped to whole windows), one per offset."""
+    rows, columns = windows[0] * kernel[0], windows[1] * kernel[1]
     return [
-        input[..., row : windows[0] * kernel[0] : kernel[0], column : windows[1] * kernel[1] : kernel[1]]
+        input[..., row : rows : kernel[0], column : columns : kernel[1]]
         for row in range(kernel[0])
         for column in range(kernel[1])
     ]
 
 
-def _disjoint_sum_of_squares(input: Tensor, kernel: tuple[int, int]) -> Tensor:
-    windows = (input.shape[-2] // kernel[0], input.shape[-1] // kernel[1])
-    first, *rest = _window_views(input, kernel, windows)
-    total = first * first
-    for part in rest:
-        total.addcmul_(part, part)
+def _disjoint_sum_of_products(first: Tensor, second: Tensor, kernel: tuple[int, int]) -> Tensor:
+    """Sum over each disjoint window of ``first * second`` (the sum of squares when both are ``x``).
+
+    Also traced by ``torch.fx`` (``vanilla_export``): the crop to whole windows then uses the traced shape.
+    """
+    windows = (first.shape[-2] // kernel[0], first.shape[-1] // kernel[1])
+    views = _window_views(first, kernel, windows)
+    pairs = zip(views, views if second is first else _window_views(second, kernel, windows), strict=True)
+    left, right = next(pairs)
+    total = left * right
+    # vmap has no batching rule for the in-place addcmul_ (a slow per-sample loop)
+    in_place = isinstance(first, torch.fx.Proxy) or not (is_transformed(first) or is_transformed(second))
+    for left, right in pairs:
+        total = total.addcmul_(left, right) if in_place else torch.addcmul(total, left, right)
     return total
 
 
@@ -73,15 +97,23 @@ class _DisjointL2NormPoolFunction(torch.autograd.Function):
     sum of squares is ``kh * kw`` multiply-adds at the pooled size, and the backward writes
     ``x * grad / output`` into each strided view of the result, one pass over the input. On CPU both
     are 2-3x faster than ``avg_pool2d`` and its backward, which walk the windows one by one. Rows and
-    columns beyond the last whole window are dropped (zero gradient), as by ``avg_pool2d``.
+    columns beyond the last whole window are dropped (zero gradient), as by ``avg_pool2d``. The
+    forward-mode rule is ``d output = sum_window(x dx) / output``; ``torch.vmap`` batches the
+    operations themselves (the backward's ``out=`` writes are skipped under ``torch.func``).
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, input: Tensor, kernel: tuple[int, int], eps: float) -> Tensor:
-        output = _disjoint_sum_of_squares(input, kernel).add_(eps).sqrt_()
+    def forward(input: Tensor, kernel: tuple[int, int], eps: float) -> Tensor:
+        return _disjoint_sum_of_products(input, input, kernel).add_(eps).sqrt_()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        input, kernel, _ = inputs
         ctx.save_for_backward(input, output)
+        ctx.save_for_forward(input, output)
         ctx.kernel = kernel
-        return output
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
@@ -89,8 +121,9 @@ class _DisjointL2NormPoolFunction(torch.autograd.Function):
         kernel = ctx.kernel
         windows = tuple(output.shape[-2:])
         pooled = grad_output / output
-        if torch.is_grad_enabled():
-            # double backward: the same product with differentiable ops (no out=)
+        if torch.is_grad_enabled() or is_transformed(pooled):
+            # double backward or torch.func: the same product with differentiable ops (no out=, which
+            # vmap cannot batch)
             spread = pooled.repeat_interleave(kernel[0], dim=-2).repeat_interleave(kernel[1], dim=-1)
             grad = input[..., : spread.shape[-2], : spread.shape[-1]] * spread
             margins = (0, input.shape[-1] - spread.shape[-1], 0, input.shape[-2] - spread.shape[-2])
@@ -103,6 +136,11 @@ class _DisjointL2NormPoolFunction(torch.autograd.Function):
         ):
             torch.mul(source, pooled, out=target)
         return grad_input, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, input_tangent: Tensor, *_: None) -> Tensor:
+        input, output = ctx.saved_tensors
+        return _disjoint_sum_of_products(input, input_tangent, ctx.kernel) / output
 
 
 def l2_norm_pool2d(
@@ -124,7 +162,11 @@ def l2_norm_pool2d(
     pad = _pair(padding)
     overlap = math.ceil(kernel[0] / step[0]) * math.ceil(kernel[1] / step[1])
     scale = kernel[0] * kernel[1] / overlap
-    if isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling():
+    if isinstance(input, torch.fx.Proxy) and step == kernel and pad == (0, 0):
+        # the exported graph (vanilla_export): the strided views of the fast path, cropped to whole
+        # windows with the traced shape (two to three times faster than avg_pool2d on CPU)
+        return _disjoint_sum_of_products(input, input, kernel).add_(eps).sqrt_()
+    if isinstance(input, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return (F.avg_pool2d(input * input, kernel, step, pad) * scale + eps).sqrt()
     if input.dim() not in (3, 4):
         raise ValueError(
@@ -136,7 +178,7 @@ def l2_norm_pool2d(
     )
     if not (torch.is_grad_enabled() and input.requires_grad):
         if disjoint:
-            return _disjoint_sum_of_squares(input, kernel).add_(eps).sqrt_()
+            return _disjoint_sum_of_products(input, input, kernel).add_(eps).sqrt_()
         return (F.avg_pool2d(input * input, kernel, step, pad) * scale + eps).sqrt()
     if disjoint:
         return _DisjointL2NormPoolFunction.apply(input, kernel, eps)
@@ -227,7 +269,8 @@ class InvertibleDownsampling(nn.Module):
         self.factor = factor
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.shape[-1] % self.factor or input.shape[-2] % self.factor:
+        # shapes are tensors under the TorchScript tracer (legacy ONNX export): no check there
+        if not torch.jit.is_tracing() and (input.shape[-1] % self.factor or input.shape[-2] % self.factor):
             raise ValueError(
                 f"InvertibleDownsampling({self.factor}) needs H and W divisible by {self.factor}, "
                 f"got shape {tuple(input.shape)}"

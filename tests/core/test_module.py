@@ -201,3 +201,62 @@ def test_non_finite_inputs_stop_training_with_a_clear_error(tmp_path: Path) -> N
     model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
     with pytest.raises(ValueError, match="non-finite"):
         _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=NaNData())
+
+
+def test_a_single_certified_radius_is_logged() -> None:
+    """One ``certified_eps`` makes the metric return a 0-d tensor: it must log, not fail to iterate."""
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10, certified_eps=[0.1])
+    trainer = pl.Trainer(
+        fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(model, DigitsDataModule())
+    assert "val/certified_acc@0.1" in trainer.callback_metrics
+
+
+class _Malformed(nn.Module):
+    """A 1-Lipschitz MLP whose forward returns its logits in a malformed container or shape."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.mlp = LipschitzMLP(64, 10, hidden_features=(16,))
+
+    def forward(self, input: torch.Tensor):
+        logits = self.mlp(input)
+        if self.kind == "tuple":
+            return logits, logits.detach()
+        if self.kind == "flat":
+            return logits[:, 0]
+        return {"logits": logits}
+
+
+@pytest.mark.parametrize("audit", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("tuple", r"the backbone returns a tuple, not a tensor"),
+        ("dict", r"the backbone returns a dict, not a tensor"),
+        ("flat", r"the backbone returns logits of shape \(\d+,\) but num_classes=10 needs \(B, 10\)"),
+    ],
+)
+def test_malformed_backbone_output_is_named_before_the_audit(
+    tmp_path: Path, kind: str, message: str, audit: bool
+) -> None:
+    model = OTClassifier(_Malformed(kind), num_classes=10, audit_lipschitz=audit)
+    with pytest.raises((TypeError, ValueError), match=message):
+        _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=DigitsDataModule())
+
+
+@pytest.mark.parametrize("audit", [True, False])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_images_are_reported_as_the_input_batch(tmp_path: Path, value: float, audit: bool) -> None:
+    class BrokenData(DigitsDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            super().setup(stage)
+            self.train_dataset.tensors[0][:, :, 2, 3] = value
+
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10, audit_lipschitz=audit)
+    with pytest.raises(
+        ValueError, match=r"the training batch's input \(shape \(\d+, 1, 8, 8\)\) contains \d+ non-finite"
+    ):
+        _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=BrokenData())

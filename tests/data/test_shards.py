@@ -105,3 +105,21 @@ def test_missing_and_malformed_shards_are_clear_errors(shards: list[Path], tmp_p
         _identify(ShardedImageDataset([broken], image_size=None, samples_per_rank=1))
     with pytest.raises(ValueError, match="5 shard"):
         ShardedImageDataset(shards, image_size=None, world_size=6)
+
+
+def test_a_resumed_fit_draws_the_shard_order_of_its_epoch(shards: list[Path]) -> None:
+    import lightning.pytorch as pl
+
+    def first_epoch_order(start_epoch: int) -> list[tuple[int, int]]:
+        data = ShardedImageDataModule(shards, shards[-1:], num_classes=2, image_size=None, num_workers=0)
+        data.setup("fit")
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False)
+        trainer.fit_loop.epoch_progress.current.completed = start_epoch  # as restored from a checkpoint
+        data.trainer = trainer
+        data._loader(data.train_dataset, True, "training")
+        return _identify(data.train_dataset)
+
+    uninterrupted = ShardedImageDataset(shards, image_size=None, shuffle_buffer=1000, seed=0)
+    orders = [_identify(uninterrupted) for _ in range(3)]
+    assert first_epoch_order(0) == orders[0]
+    assert first_epoch_order(2) == orders[2] != orders[0]

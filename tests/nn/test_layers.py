@@ -14,6 +14,7 @@ from lightning_ot.nn import (
     L2NormPool2d,
     LipschitzResidual,
     MaxMin,
+    Normalize,
     OrthogonalConv2d,
     OrthogonalLinear,
     bjorck_orthonormalize,
@@ -312,3 +313,12 @@ def test_torch_compile_of_a_small_backbone() -> None:
     torch.testing.assert_close(compiled(x), model(x))
     compiled(x).sum().backward()
     assert model[0].orthogonal.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(3, 2), (3, 2, 5), (3, 2, 4, 5), (2, 2, 3, 4, 5)])
+def test_normalize_matches_its_definition_at_every_rank(shape: tuple[int, ...]) -> None:
+    layer = Normalize([0.5, -1.0], [0.25, 2.0])
+    x = torch.randn(shape)
+    view = (1, 2) + (1,) * (len(shape) - 2)
+    expected = (x - torch.tensor([0.5, -1.0]).view(view)) / torch.tensor([0.25, 2.0]).view(view)
+    torch.testing.assert_close(layer(x), expected)
