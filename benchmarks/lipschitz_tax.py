@@ -31,8 +31,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lightning_ot.models import LipschitzConvNet, LipschitzMLP, LipschitzResNet, unconstrained_twin
-from lightning_ot.nn import vanilla_export
+from lightning_ot.models import (
+    LipschitzConvNet,
+    LipschitzMLP,
+    LipschitzResNet,
+    NormPreservingConvNet,
+    unconstrained_twin,
+)
+from lightning_ot.nn import gradient_norms, vanilla_export
 
 
 def training_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
@@ -147,6 +153,13 @@ def compare(
         title += f", after {pretrain_steps} Adam steps at lr 1e-3"
     print(
         f"\n== {title}: training step (forward + backward + Adam), median of {repeats} after {warmup} warm-up"
+    )
+    norms = gradient_norms(
+        model.eval(), torch.rand(64, *input_shape, generator=torch.Generator().manual_seed(0))
+    )
+    print(
+        f"  gradient norm ||grad f_k|| of the top output, 64 uniform random inputs, at this state: "
+        f"median {norms.median():.3f}, 10th percentile {norms.quantile(0.1):.3f} (1 = tight)"
     )
     results: dict[str, dict[int, float]] = {}
     for batch_size in batch_sizes:
@@ -275,7 +288,27 @@ def main() -> None:
         args.pretrain_steps,
     )
     compare(
-        "MLP 64-256-256-256-10 (quickstart)",
+        "NormPreservingConvNet, 1x28x28 (the mnist5k recipe's)",
+        NormPreservingConvNet(1, 10, 28, stage_convs=(3, 6), kernel_size=(5, 3), hidden_features=(512,)),
+        (1, 28, 28),
+        10,
+        args.batch_sizes,
+        args.repeats,
+        args.warmup,
+        pretrain_steps=args.pretrain_steps,
+    )
+    compare(
+        "MLP 64-(64 x 6)-10 (quickstart)",
+        LipschitzMLP(64, 10, hidden_features=(64,) * 6),
+        (64,),
+        10,
+        args.batch_sizes,
+        args.repeats,
+        args.warmup,
+        pretrain_steps=args.pretrain_steps,
+    )
+    compare(
+        "MLP 64-256-256-256-10 (earlier quickstart, widening)",
         LipschitzMLP(64, 10, hidden_features=(256, 256, 256)),
         (64,),
         10,

@@ -518,6 +518,7 @@ def reproduce(
     figures: bool = True,
     config: str | Path | None = None,
     twin_baselines: bool = True,
+    twin_copies_weights: bool = True,
 ) -> list[NetworkResults]:
     """Train the OTNN of a recipe or config and its unconstrained twin, measure both, write the table
     and figures.
@@ -526,7 +527,8 @@ def reproduce(
         recipe: the recipe whose model (backbone, loss, optimizer) and data module are used.
         epochs: training epochs of each network; default the config's ``max_epochs``.
         output_dir: where ``results.json``, ``table.md`` and the figures are written.
-        num_explained: validation samples on which explanations and transports are measured.
+        num_explained: validation samples (drawn at random with ``seed``) on which explanations and
+            transports are measured.
         radii: L2 radii of the certified robust accuracy.
         seed: seed of the training and of the metrics' random draws.
         overrides: LightningCLI overrides of the config, e.g. ``["--data.init_args.batch_size=128"]``.
@@ -538,6 +540,10 @@ def reproduce(
         twin_baselines: measure the twin's SmoothGrad and Integrated Gradients rows (most of the run
             time goes there: each needs ``stability_samples`` x their own sample counts of gradients
             per explained input).
+        twin_copies_weights: start the twin from the OTNN's initial (orthogonal) weights, so that both
+            start from the same point; ``False``: PyTorch's default initialization (deep narrow plain
+            networks such as the twin of :class:`~lightning_ot.models.NormPreservingConvNet` then
+            stay at chance).
 
     Returns:
         the results of the OTNN, then of the twin.
@@ -568,7 +574,7 @@ def reproduce(
     otnn, datamodule, config_epochs = _from_config(config_path, overrides)
     epochs = epochs or config_epochs
     twin = OTClassifier(
-        unconstrained_twin(otnn.backbone),
+        unconstrained_twin(otnn.backbone, copy_weights=twin_copies_weights),
         num_classes=otnn.num_classes,
         loss=CrossEntropy(),
         optimizer=otnn.optimizer_factory,
@@ -579,6 +585,9 @@ def reproduce(
     twin_seconds = _train(twin, datamodule, epochs, seed)
 
     inputs, targets = validation_tensors(datamodule)
+    # explained samples drawn at random: validation sets are often sorted by class (mnist5k is)
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+    inputs, targets = inputs[order], targets[order]
     explained_count = min(num_explained, len(inputs))
     input_shape = tuple(inputs.shape[1:])
     twin.eval()
@@ -619,6 +628,7 @@ def reproduce(
         "stability neighbours": stability_samples,
         "SmoothGrad samples": smoothgrad_samples,
         "twin baselines": "measured" if twin_baselines else "skipped",
+        "twin initialization": "the OTNN's initial weights" if twin_copies_weights else "PyTorch's default",
     }
     table = format_table(results, settings)
     (output_dir / "table.md").write_text(table)
@@ -657,6 +667,11 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
         action="store_true",
         help="leave out the twin's SmoothGrad and Integrated Gradients rows (most of the run time)",
     )
+    parser.add_argument(
+        "--twin-default-init",
+        action="store_true",
+        help="initialize the twin with PyTorch's defaults instead of the OTNN's initial weights",
+    )
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument(
         "--override",
@@ -681,6 +696,7 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
             figures=not options.no_figures,
             config=options.config,
             twin_baselines=not options.skip_twin_baselines,
+            twin_copies_weights=not options.twin_default_init,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

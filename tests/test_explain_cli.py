@@ -45,7 +45,9 @@ def check_against_the_model(rows: list[dict[str, str]], model: OTClassifier, inp
         logits = model(inputs)
     radius = model.certified_radius(logits)
     top2 = logits.topk(2, dim=1)
-    np.testing.assert_allclose([float(row["certified_radius"]) for row in rows], radius.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [float(row["certified_radius"]) for row in rows], radius.numpy(), rtol=1e-5, atol=1e-6
+    )
     assert [int(row["prediction"]) for row in rows] == top2.indices[:, 0].tolist()
     assert [int(row["target"]) for row in rows] == top2.indices[:, 1].tolist()
     np.testing.assert_allclose(

@@ -20,6 +20,7 @@ from lightning_ot.recipes import available_recipes, recipe_path
 # Recipe -> (synthetic image shape, class count, extra overrides to keep one CPU step cheap).
 STEPPED: dict[str, tuple[list[int], int, list[str]]] = {
     "mnist_08": ([1, 28, 28], 2, []),
+    "mnist5k": ([1, 28, 28], 10, []),
     "fashion_mnist": ([1, 28, 28], 10, []),
     "celeba": ([3, 64, 64], 2, []),
     "cats_vs_dogs": ([3, 128, 128], 2, []),

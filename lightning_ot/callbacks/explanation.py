@@ -50,6 +50,17 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
+def _as_validated(trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Any:
+    """The batch as validation steps receive it: through the data module's and the LightningModule's
+    batch-transfer hooks (e.g. uint8 images scaled to float in [0, 1] after the transfer)."""
+    owners = [owner for owner in (trainer.datamodule, pl_module) if owner is not None]
+    for owner in owners:
+        batch = owner.on_before_batch_transfer(batch, 0)
+    for owner in owners:
+        batch = owner.on_after_batch_transfer(batch, 0)
+    return batch
+
+
 def _logging_step(trainer: pl.Trainer) -> int:
     """The step Lightning gives the metrics logged at this point, so that images line up with them."""
     epoch_loop = getattr(trainer.fit_loop, "epoch_loop", None)
@@ -59,8 +70,10 @@ def _logging_step(trainer: pl.Trainer) -> int:
 class ExplanationCallback(pl.Callback):
     """Log saliency maps, counterfactual transports and explanation metrics of a fixed sample set.
 
-    At the start of ``fit`` (or of the first validation under ``trainer.validate()``) the callback
-    picks ``num_samples`` validation samples, as balanced across classes as the data allows. At the
+    At the end of the first validation epoch it explains, the callback picks ``num_samples``
+    validation samples, as balanced across classes as the data allows, as validation steps receive
+    them (through the data module's batch-transfer hooks, so never augmented), and keeps them (they
+    are saved in checkpoints). At the
     end of every ``every_n_epochs``-th validation epoch (every time under ``trainer.validate()``),
     on global rank 0 only, it explains them with :func:`~lightning_ot.explain.explain` (one forward
     pass and its backward passes serve the saliency and the transports' first step):
@@ -188,10 +201,6 @@ class ExplanationCallback(pl.Callback):
     # Sample selection
     # ----------------------------------------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.inputs is None:
-            self.select_samples(trainer, pl_module)
-
     def _validation_loader(self, trainer: pl.Trainer) -> Any:
         datamodule = trainer.datamodule
         if datamodule is not None and is_overridden("val_dataloader", datamodule):
@@ -214,7 +223,7 @@ class ExplanationCallback(pl.Callback):
         scanned = 0
         with torch.inference_mode(False):
             for batch in loader:
-                inputs, labels = _split_batch(batch)
+                inputs, labels = _split_batch(_as_validated(trainer, pl_module, batch))
                 for input, label in zip(inputs, labels.reshape(-1), strict=True):
                     if len(by_class[int(label)]) < per_class:
                         by_class[int(label)].append(input.detach().cpu().clone())

@@ -20,6 +20,7 @@ from lightning_ot.data.images import (
     load_image,
     make_augmentation,
 )
+from lightning_ot.data.mnist5k import MNIST5kDataModule, load_mnist5k
 from lightning_ot.data.shards import (
     ShardedImageDataModule,
     ShardedImageDataset,
@@ -40,12 +41,14 @@ __all__ = [
     "ImageFolderDataset",
     "ImageListDataset",
     "ImageNetDataModule",
+    "MNIST5kDataModule",
     "MNISTDataModule",
     "ShardedImageDataModule",
     "ShardedImageDataset",
     "SyntheticImageDataModule",
     "count_shard_samples",
     "load_image",
+    "load_mnist5k",
     "make_augmentation",
     "read_idx",
     "write_shards",

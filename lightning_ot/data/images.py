@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-Augmentation = Literal["none", "flip", "crop_flip", "resized_crop_flip"]
+Augmentation = Literal["none", "shift", "flip", "crop_flip", "resized_crop_flip"]
 Resize = Literal["stretch", "center_crop", "shorter_side"]
 
 
@@ -212,7 +212,8 @@ class ImageFolderDataset(ImageListDataset):
 def make_augmentation(kind: Augmentation, image_size: int | Sequence[int]) -> nn.Module:
     """Batched GPU-side augmentation with kornia, applied to float images in [0, 1].
 
-    ``"flip"``: random horizontal flip; ``"crop_flip"``: random crop with 4-pixel zero padding (per 32
+    ``"shift"``: random translation by up to 1/14 of the image size (2 pixels on 28x28), zero fill, no
+    flip (digits and text must not be mirrored); ``"flip"``: random horizontal flip; ``"crop_flip"``: random crop with 4-pixel zero padding (per 32
     pixels) and flip, as for small images; ``"resized_crop_flip"``: random resized crop (scale 0.08-1,
     the ImageNet standard) and flip.
 
@@ -225,6 +226,8 @@ def make_augmentation(kind: Augmentation, image_size: int | Sequence[int]) -> nn
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if kind == "none":
         return nn.Identity()
+    if kind == "shift":
+        return augmentation.RandomCrop(size, padding=max(1, round(size[0] / 14)))
     if kind == "flip":
         return augmentation.RandomHorizontalFlip()
     if kind == "crop_flip":

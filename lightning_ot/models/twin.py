@@ -7,16 +7,21 @@ import copy
 from torch import nn
 
 from lightning_ot.nn import GlobalL2NormPool2d, GroupSort, L2NormPool2d, MaxMin
-from lightning_ot.nn.export import plain_layer, replace_modules
+from lightning_ot.nn.export import exported_layer, plain_layer, replace_modules
 
 __all__ = ["unconstrained_twin"]
 
 
-def unconstrained_twin(model: nn.Module, activation: type[nn.Module] = nn.ReLU) -> nn.Module:
+def unconstrained_twin(
+    model: nn.Module, activation: type[nn.Module] = nn.ReLU, copy_weights: bool = False
+) -> nn.Module:
     """The same architecture with plain layers: the paper's unconstrained baseline.
 
-    ``OrthogonalLinear`` -> ``nn.Linear``, ``OrthogonalConv2d`` -> ``nn.Conv2d`` (same shapes, stride
-    and padding, default initialization), ``MaxMin`` / ``GroupSort`` -> ``activation()``,
+    ``OrthogonalLinear`` -> ``nn.Linear``, ``OrthogonalConv2d`` -> ``nn.Conv2d`` (same shapes, stride,
+    padding and padding mode; PyTorch's default initialization, or with ``copy_weights`` the
+    model's current orthogonal weights, so that the twin starts where the constrained network
+    starts: deep narrow plain networks often fail to train from the default initialization, e.g.
+    :class:`~lightning_ot.models.NormPreservingConvNet`'s twin stays at chance), ``MaxMin`` / ``GroupSort`` -> ``activation()``,
     ``L2NormPool2d`` -> ``nn.MaxPool2d``, ``GlobalL2NormPool2d`` -> global average pooling,
     ``InvertibleDownsampling`` -> ``nn.PixelUnshuffle``. Other modules (input normalization, residual
     mixing, containers) are kept. The twin is not Lipschitz-constrained: train it without the
@@ -30,7 +35,7 @@ def unconstrained_twin(model: nn.Module, activation: type[nn.Module] = nn.ReLU) 
     """
 
     def replace(module: nn.Module) -> nn.Module | None:
-        plain = plain_layer(module)
+        plain = exported_layer(module) if copy_weights else plain_layer(module)
         if plain is not None:
             return plain
         if isinstance(module, MaxMin | GroupSort):
@@ -41,4 +46,10 @@ def unconstrained_twin(model: nn.Module, activation: type[nn.Module] = nn.ReLU) 
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         return None
 
-    return replace_modules(copy.deepcopy(model), replace)
+    was_training = model.training
+    model.eval()  # the weights to copy, computed without a graph
+    try:
+        twin = replace_modules(copy.deepcopy(model), replace)
+    finally:
+        model.train(was_training)
+    return twin.train(was_training)

@@ -12,7 +12,10 @@
 * Empirical lower estimate: the largest ``||f(x) - f(y)|| / ||x - y||`` found by gradient ascent on
   pairs of inputs from random (or given) starts, and the largest input-gradient norm; any
   model, no assumption.
-* Gradient-norm preservation: mean and minimum of ``||grad_x f_k(x)||`` for the top output ``k``.
+* Gradient-norm preservation (tightness): median, 10th percentile, mean and minimum of
+  ``||grad_x f_k(x)||`` for the top output ``k``. A 1-Lipschitz network whose layers all preserve
+  gradient norms has 1 everywhere; below 1 its certificates are loose and its saliency maps and
+  transports are not the optimal-transport plan (see the docs' Concepts page).
 """
 
 from __future__ import annotations
@@ -95,13 +98,16 @@ class LipschitzReport:
         upper_bound: global upper bound, ``None`` when some part is unknown.
         unknown: names of the modules that prevent a global bound.
         empirical: largest local Lipschitz ratio found (a lower estimate of the true constant).
-        gradient_norm_mean, gradient_norm_min: input-gradient norms of the top output.
+        gradient_norm_median, gradient_norm_p10, gradient_norm_mean, gradient_norm_min: statistics of
+            the input-gradient norms ``||grad f_k||`` of the top output (1 for a tight network).
     """
 
     layers: list[LayerReport] = field(default_factory=list)
     upper_bound: float | None = None
     unknown: list[str] = field(default_factory=list)
     empirical: float | None = None
+    gradient_norm_median: float | None = None
+    gradient_norm_p10: float | None = None
     gradient_norm_mean: float | None = None
     gradient_norm_min: float | None = None
 
@@ -127,7 +133,8 @@ class LipschitzReport:
         )
         lines.append(f"empirical lower estimate: {fmt(self.empirical)}")
         lines.append(
-            f"gradient norm of top output: mean {fmt(self.gradient_norm_mean)}, "
+            f"gradient norm of top output: median {fmt(self.gradient_norm_median)}, "
+            f"10th percentile {fmt(self.gradient_norm_p10)}, mean {fmt(self.gradient_norm_mean)}, "
             f"min {fmt(self.gradient_norm_min)}"
         )
         return "\n".join(lines)
@@ -424,6 +431,8 @@ def lipschitz_audit(
             report.empirical = empirical_lipschitz(model, inputs, steps=ascent_steps, generator=generator)
             norms = gradient_norms(model, inputs)
             report.empirical = max(report.empirical, float(norms.max()))
+            report.gradient_norm_median = float(norms.median())
+            report.gradient_norm_p10 = float(norms.float().quantile(0.1))
             report.gradient_norm_mean = float(norms.mean())
             report.gradient_norm_min = float(norms.min())
     return report

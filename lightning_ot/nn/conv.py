@@ -103,7 +103,12 @@ class OrthogonalConv2d(nn.Module):
         out_channels: output channels.
         kernel_size: square kernel size ``k >= stride``.
         stride: square stride.
-        padding: zero padding; default ``(k - 1) // 2`` ("same" for odd ``k`` and stride 1).
+        padding: padding on each side; default ``(k - 1) // 2`` ("same" for odd ``k`` and stride 1).
+        padding_mode: ``"zeros"`` or ``"circular"``. With circular padding, stride 1, ``padding =
+            (k - 1) // 2`` and odd ``k``, the layer is exactly the convolution on a torus: orthogonal
+            when ``in_channels == out_channels`` (the image must be at least ``k`` wide), so it
+            preserves norms and gradient norms everywhere, the border included. Zero padding keeps the
+            bound but loses tightness at the border (a restriction of the orthogonal operator).
         bias: learn an additive bias.
         iterations: Björck steps for each orthogonal factor (any number keeps the bound).
 
@@ -131,8 +136,11 @@ class OrthogonalConv2d(nn.Module):
         iterations: int = 12,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"`padding_mode` must be 'zeros' or 'circular', got {padding_mode!r}")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"channels must be positive, got in={in_channels}, out={out_channels}")
         size = _as_square(kernel_size, "kernel_size")
@@ -152,6 +160,7 @@ class OrthogonalConv2d(nn.Module):
         self.kernel_size = (size, size)
         self.stride = (step, step)
         self.padding = padding
+        self.padding_mode = padding_mode
         self.iterations = iterations
         factory = {"device": device, "dtype": dtype}
         self.bcop_size = size - step + 1
@@ -236,11 +245,16 @@ class OrthogonalConv2d(nn.Module):
         return 1.0
 
     def forward(self, input: Tensor) -> Tensor:
+        if self.padding_mode == "circular" and any(self.padding):
+            rows, columns = self.padding
+            padded = F.pad(input, (columns, columns, rows, rows), mode="circular")
+            return F.conv2d(padded, self.weight, self.bias, self.stride)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
+            f"stride={self.stride}, padding={self.padding}, padding_mode={self.padding_mode!r}, "
+            f"bias={self.bias is not None}, "
             f"iterations={self.iterations}"
         )

