@@ -37,19 +37,22 @@ def test_tax_curve_prints_paired_ratios_the_weights_share_and_the_eval_path(tmp_
         "--pretrain-steps", "1", "--json", str(figures), "--plot", str(picture), *TINY,
     )  # fmt: skip
     rows = re.findall(
-        r"batch +(\d+) +plain +[\d.]+ ms +1-Lipschitz +[\d.]+ ms +ratio +([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)"
+        r"batch +(\d+) +(?:wall|cpu) +plain +[\d.]+ ms +1-Lipschitz +[\d.]+ ms +ratio +([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)"
         r" +weights / plain step +([\d.]+) %",
         output,
     )
-    assert [int(row[0]) for row in rows] == [1, 2]
+    assert [int(row[0]) for row in rows] == [1, 1, 2, 2]  # wall-clock and CPU time
     for _, ratio, low, high, _share in rows:
         assert float(low) <= float(ratio) <= float(high)
-    assert re.search(r"weight recomputation alone \(forward \+ backward of 13 constrained weights\)", output)
+    assert re.search(
+        r"weight recomputation alone \(forward \+ backward of 13 constrained weights\): \d+ ms wall", output
+    )
     assert re.search(r"eval: first forward after a weight change .* certification", output)
     assert "pretrained 1 Adam steps" in output
     result = json.loads(figures.read_text())["results"][0]
     assert set(result["batches"]) == {"1", "2"}
     assert result["weights_s"] > 0
+    assert result["batches"]["2"]["cpu_ratio"] > 0
     assert picture.read_bytes().startswith(b"\x89PNG")
     # the plot of several runs together (what --plot-from draws from their JSON files)
     spec = importlib.util.spec_from_file_location("resnet_tax", BENCHMARKS / "resnet_tax.py")
