@@ -100,9 +100,8 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = LipschitzResNet(
-        3, args.num_outputs, width_multiplier=args.width, norm_preserving=args.norm_preserving
-    ).train()
+    options = {"norm_preserving": True} if args.norm_preserving else {}
+    model = LipschitzResNet(3, args.num_outputs, width_multiplier=args.width, **options).train()
     if args.pretrain_steps:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(1)
