@@ -161,7 +161,7 @@ def main() -> None:
         print(
             "\nafter training: "
             + "; ".join(
-                f"{name} median {figures['median']:.3f} (p10 {figures['p10']:.3f}), accuracy "
+                f"{name} median {figures['median']:.4f} (p10 {figures['p10']:.4f}), accuracy "
                 f"{100 * figures['accuracy']:.1f} %"
                 for name, figures in final.items()
             )
