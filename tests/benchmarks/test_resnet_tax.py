@@ -78,3 +78,17 @@ def test_tightness_benchmark_reports_both_variants(tmp_path: Path) -> None:
     assert float(medians[1][1]) > 0.99  # by construction
     history = json.loads(figures.read_text())["training"]
     assert [entry["step"] for entry in history["norm-preserving"]] == [0, 2]
+
+
+def test_constant_breakdown_names_every_part() -> None:
+    output = _run(
+        "resnet_constant.py", "--width", "0.125", "--num-outputs", "10", "--repeats", "1", "--threads", "1"
+    )
+    groups = re.findall(
+        r"^(conv 3x3 \d+ -> \d+|conv 1x1 \d+ -> \d+|linear \d+ -> \d+) +(\d+) +(\d+)-(\d+)", output, re.M
+    )
+    assert sum(int(count) for _, count, _, _ in groups) == 37  # every orthogonal layer, in its group
+    assert all(int(low) >= 1 for _, _, low, _ in groups)  # Björck steps run (one at initialization)
+    assert re.search(
+        r"total \d+ ms: Björck \d+ ms .* BCOP projections \d+ ms .* kernel assembly \d+ ms", output
+    )
