@@ -154,6 +154,7 @@ def measure_width(
     )
     twin = unconstrained_twin(model)
     label = f"width {width:g}" + (" norm-preserving" if variant == "norm-preserving" else "")
+    label += f", after {pretrain_steps} steps" if pretrain_steps else ""
     plain_parameters = sum(p.numel() for p in twin.parameters())
     print(
         f"\n== {label}: {plain_parameters / 1e6:.1f}M weights as a plain network, {image_size}x{image_size}"
