@@ -262,6 +262,7 @@ def plot(results: list[dict], path: Path, title: str, clock: str = "cpu") -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for index, result in enumerate(results):
@@ -290,8 +291,11 @@ def plot(results: list[dict], path: Path, title: str, clock: str = "cpu") -> Non
     left.set_ylabel(f"training step, 1-Lipschitz / plain twin ({clock_name})")
     right.set_ylabel(f"weight recomputation / plain step (%, {clock_name})")
     left.set_ylim(bottom=0.9)
-    right.set_ylim(bottom=0)
-    figure.suptitle(title, fontsize=10)
+    right.set_yscale("log")
+    ticks = [5, 10, 15, 25, 50, 100, 200, 400, 800]
+    right.set_yticks(ticks, [str(tick) for tick in ticks])
+    right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    figure.suptitle(f"{title}; medians and quartiles of the per-round ratios", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -329,11 +333,10 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
-    conditions = (
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores, "
-        f"{args.rounds} rounds, {args.image_size}x{args.image_size}"
+    conditions = f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores"
+    print(
+        f"{conditions}, {args.rounds} rounds; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
     )
-    print(f"{conditions}; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     results = [
         measure_width(
             width,
