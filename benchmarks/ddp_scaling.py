@@ -13,10 +13,14 @@ are faster).
 Part 2 (``imagenet``): the backbone named in ``recipes/imagenet.yaml``, one training step (forward,
 soft-hKR loss, backward, Adam) on a synthetic batch of 224 x 224 images: median step time, in float32
 and in bf16 autocast (the baseline measured in the same run), and peak memory (CUDA allocator peak on a
-GPU, peak resident set size of a fresh process on CPU).
+GPU, peak resident set size of a fresh process on CPU). On a CPU, ``--threads`` sets the torch threads
+(default 1): on a machine whose cores other processes also use, two OpenMP threads made the same
+step 2-30x slower than one (5.7 to 79 s instead of 2.2-2.6 s at batch 2, measured 2026-12-01 at a
+load average of 2-4 on 2 cores), which is where an earlier 50.3 s figure came from. For the ratio
+to the plain twin at the batches people train with, see ``benchmarks/resnet_tax.py``.
 
 Timings on a shared machine are noisy: every figure is a median of repeats, and ratios are taken
-within one run.
+within one run; the load average is printed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,7 +135,11 @@ def _imagenet_backbone() -> torch.nn.Module:
     return cls(**backbone.get("init_args", {}))
 
 
-def _imagenet_step_times(device: str, batch: int, steps: int, bf16: bool) -> tuple[list[float], int]:
+def _imagenet_step_times(
+    device: str, batch: int, steps: int, bf16: bool, threads: int | None = None
+) -> tuple[list[float], int]:
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = _imagenet_backbone().to(device)
     loss_fn = SoftHKRLoss(margin=0.05, hinge_weight=500.0, temperature=200.0).to(device)
@@ -156,10 +165,11 @@ def _imagenet_step_times(device: str, batch: int, steps: int, bf16: bool) -> tup
     return times[1:], peak
 
 
-def imagenet(device: str, batch: int, steps: int) -> dict[str, float]:
+def imagenet(device: str, batch: int, steps: int, threads: int = 1) -> dict[str, float]:
     parameters = sum(p.numel() for p in _imagenet_backbone().parameters())
     result: dict[str, float] = {"parameters_M": parameters / 1e6, "batch": batch}
-    print(f"imagenet backbone: {parameters / 1e6:.1f}M parameters, batch {batch} x 3 x 224 x 224 on {device}")
+    where = device if device != "cpu" else f"cpu, {threads} thread(s), load average {os.getloadavg()[0]:.1f}"
+    print(f"imagenet backbone: {parameters / 1e6:.1f}M parameters, batch {batch} x 3 x 224 x 224 on {where}")
     for bf16 in (False, True):
         label = "bf16" if bf16 else "fp32"
         if device == "cuda":
@@ -168,7 +178,7 @@ def imagenet(device: str, batch: int, steps: int) -> dict[str, float]:
             code = (
                 f"import json, resource, sys; sys.path.insert(0, {str(REPO)!r}); "
                 "from benchmarks.ddp_scaling import _imagenet_step_times as f; "
-                f"t, _ = f('cpu', {batch}, {steps}, {bf16}); "
+                f"t, _ = f('cpu', {batch}, {steps}, {bf16}, {threads}); "
                 "print(json.dumps([t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))"
             )
             output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -194,13 +204,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=4, help="ImageNet batch (224 x 224)")
     parser.add_argument("--imagenet-steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the ImageNet step on a CPU")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     results: dict[str, dict[str, float]] = {}
     if args.part in ("all", "scaling"):
         results["scaling"] = scaling(args.global_batch, args.steps, args.processes)
     if args.part in ("all", "imagenet"):
-        results["imagenet"] = imagenet(args.device, args.batch, args.imagenet_steps)
+        results["imagenet"] = imagenet(args.device, args.batch, args.imagenet_steps, args.threads)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

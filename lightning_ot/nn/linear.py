@@ -51,6 +51,47 @@ def _normalizing_scale(gram: Tensor) -> Tensor:
         return bound.clamp_min(tiny).rsqrt()
 
 
+#: Largest ratio ``lambda_max / e`` that :func:`_starting_scale` allows (so ``s_max <= 1.58 < sqrt 3``).
+_MAX_START_RATIO = 2.5
+
+
+def _starting_scale(gram: Tensor) -> Tensor:
+    """``1 / sqrt(e)`` for an estimate ``e <= lambda_max`` of each Gram matrix's largest eigenvalue (no grad).
+
+    With ``P = G^4`` (two squarings, half the products of :func:`_normalizing_scale`'s bound) and
+    ``S_8 = ||G^4||_F^(1/4)`` (which lies in ``[lambda_max, m^(1/8) lambda_max]``),
+    ``e = max(tr(G P) / tr(P), S_8 m^(-1/8))``: both are lower bounds of ``lambda_max`` (a mean of the
+    eigenvalues weighted by their 4th powers, and the Schatten bound divided by its largest excess),
+    and ``e = 1`` exactly for an orthonormal matrix, which then needs a single step. Every scaled
+    singular value is therefore at most ``m^(1/16)``; beyond ``m = 2.5^8`` (about 1500) two more
+    squarings are spent (``P = G^16``, excess ``m^(1/32)``), so that the top singular value always starts
+    at most ``sqrt(2.5) = 1.58 < sqrt 3``. One Björck step ``s -> 1.5 s - 0.5 s^3`` maps ``[0, sqrt 3]``
+    into ``[0, 1]``: after any number >= 1 of steps the operator norm is <= 1, as with the upper
+    bound, which starts the iteration up to ``m^(1/64)`` (1.1 for ``m = 512``) too low and costs about
+    two more steps near orthogonality.
+    """
+    with torch.no_grad():
+        size = gram.shape[-1]
+        tiny = torch.finfo(gram.dtype).tiny
+        norm = gram.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+        power = gram / norm
+        bound = norm
+        rounds = (0.25,) if size ** (1 / 8) <= _MAX_START_RATIO else (0.25, 0.0625)
+        for exponent in rounds:
+            power = power @ power
+            power = power @ power
+            norm = power.norm(dim=(-2, -1), keepdim=True).clamp_min(tiny)
+            power = power / norm
+            bound = bound * norm.pow(exponent)
+        excess = size ** (exponent / 2)
+        trace = power.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+        # tr(G P) = sum_ij G_ij P_ij for symmetric G and P
+        weighted = (gram * power).sum(dim=(-2, -1), keepdim=True) / trace.clamp_min(tiny)
+        estimate = torch.maximum(torch.where(trace > 0, weighted, 0.0), bound / excess)
+        # a zero matrix gets the largest finite scale, so it stays zero, not 0 * inf
+        return torch.minimum(estimate, bound).clamp_min(tiny).rsqrt()
+
+
 @dataclass
 class _BjorckTrace:
     """What the hand-written backward of :class:`_BjorckFunction` needs from the forward."""
@@ -65,13 +106,14 @@ class _BjorckTrace:
 def _bjorck_steps(
     matrix: Tensor, iterations: int, tolerance: float | None, trace: _BjorckTrace | None = None
 ) -> Tensor:
-    """Björck's iteration on a wide ``matrix`` (``m <= n``), after scaling it to a norm <= 1.
+    """Björck's iteration on a wide ``matrix`` (``m <= n``), after scaling its top singular value near 1.
 
     Differentiable (and traceable by ``torch.compile``) when autograd records it; ``trace`` collects
     what :class:`_BjorckFunction` needs to run the backward by hand.
     """
     gram = matrix @ matrix.mT
-    scale = _normalizing_scale(gram)
+    # with at least one step, the estimate of the top singular value may start it a little above 1
+    scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
     gram = gram * scale.square()
     matrix = matrix * scale
     if trace is not None:
@@ -87,7 +129,8 @@ def _bjorck_steps(
         if tolerance is not None and not last:
             with torch.no_grad():
                 deviation = float((gram - eye).norm(dim=(-2, -1)).max())
-            if deviation <= 0.01 * tolerance:
+            # the first step always runs: it brings a top singular value started above 1 to <= 1
+            if deviation <= 0.01 * tolerance and step_index > 0:
                 break
             last = deviation <= tolerance
         if direct:
@@ -253,19 +296,23 @@ class _BjorckFunction(torch.autograd.Function):
 def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float | None = 1e-3) -> Tensor:
     """Nearest (semi-)orthogonal matrix by Björck and Bowie's iteration (1971), batched.
 
-    The matrix ``X`` (its wide orientation, ``m x n`` with ``m <= n``) is first divided by
-    ``||G^16||_F^(1/32)`` with ``G = X X^T``, an upper bound on its spectral norm that exceeds it by a
-    factor ``m^(1/64)`` at most (1.08 for ``m = 128``), so every singular value starts in (0, 1] and a
-    well-conditioned matrix starts close to 1. Each step ``X <- (1.5 I - 0.5 X X^T) X`` maps a singular
-    value ``s`` to ``1.5 s - 0.5 s^3``, which is at most 1 for every ``s`` in [0, 1]: the result has
-    operator norm <= 1 whatever the number of steps (certified), and is orthogonal in the limit
-    (tight). The steps run on the small Gram matrix, so a wide matrix costs two ``m x m x n`` products.
+    The matrix ``X`` (its wide orientation, ``m x n`` with ``m <= n``) is first divided by the square
+    root of an estimate ``e`` of the largest eigenvalue of ``G = X X^T`` from below (``e = 1`` for an
+    orthonormal matrix, ``e >= lambda_max / 2.5`` always; see :func:`_starting_scale`), so a
+    well-conditioned matrix starts with its singular values close to 1 and no singular value above
+    ``sqrt 2.5``. Each step ``X <- (1.5 I - 0.5 X X^T) X`` maps a singular value ``s`` to
+    ``1.5 s - 0.5 s^3``, which lies in [0, 1] for every ``s`` in [0, sqrt 3]: after one step or more
+    the result has operator norm <= 1 (certified in exact arithmetic), and is orthogonal in the limit
+    (tight). With ``iterations=0`` the matrix is divided by an upper bound of its spectral norm
+    instead, ``||G^16||_F^(1/32)``, which exceeds it by a factor ``m^(1/64)`` at most. The steps run
+    on the small Gram matrix, so a wide matrix costs two ``m x m x n`` products.
 
-    The iteration stops early: at once when ``||X X^T - I||_F <= tolerance / 100``, or one step after
-    it is ``<= tolerance`` (that last step brings every singular value within
-    ``1.5 (tolerance / 2)^2`` of 1); ``None`` always runs all ``iterations``, as do
-    ``torch.compile`` and weights on an accelerator (the test reads a number back to the host: on a
-    GPU that synchronization costs more than the few extra matrix products it would save).
+    The iteration stops early, after at least one step: when ``||X X^T - I||_F <= tolerance / 100``,
+    or one step after it is ``<= tolerance`` (that last step brings every singular value within
+    ``1.5 (tolerance / 2)^2`` of 1); an orthonormal matrix takes one step. ``None`` always runs all
+    ``iterations``, as do ``torch.compile`` and weights on an accelerator (the test reads a number
+    back to the host: on a GPU that synchronization costs more than the few extra matrix products it
+    would save).
 
     The normalizing scalar is treated as a constant by autograd: the polar factor does not depend on
     the scale of ``X``. With autograd recording, the backward through the steps actually run is
@@ -275,7 +322,7 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
         weight: (*, out, in) matrix or batch of matrices.
         iterations: maximum number of Björck steps.
         tolerance: stop one step after the Gram matrix is this close to the identity (Frobenius),
-            for every matrix of the batch (at once when 100 times closer).
+            for every matrix of the batch (at once when 100 times closer, after the first step).
 
     Returns:
         (*, out, in) matrices with orthonormal rows (out <= in) or columns (out > in).
