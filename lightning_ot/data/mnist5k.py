@@ -74,9 +74,9 @@ class MNIST5kDataModule(ImageDataModule):
         **kwargs: see :class:`~lightning_ot.data.ImageDataModule` (``val_batch_size``, ``seed`` ...).
 
     Example:
-        >>> data = MNIST5kDataModule()  # doctest: +SKIP
-        >>> data.setup("fit")  # doctest: +SKIP
-        >>> len(data.train_dataset), len(data.val_dataset)  # doctest: +SKIP
+        >>> data = MNIST5kDataModule()
+        >>> data.setup("fit")
+        >>> len(data.train_dataset), len(data.val_dataset)
         (4000, 1000)
     """
 

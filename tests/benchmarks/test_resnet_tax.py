@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-from lightning_ot.nn import OrthogonalConv2d
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 TINY = ["--image-size", "32", "--stage-blocks", "1", "1", "1", "1", "--num-outputs", "10", "--threads", "1"]
@@ -63,10 +58,6 @@ def test_tax_curve_prints_paired_ratios_the_weights_share_and_the_eval_path(tmp_
     assert combined.read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.skipif(
-    "padding_mode" not in inspect.signature(OrthogonalConv2d).parameters,
-    reason="needs OrthogonalConv2d(padding_mode='circular')",
-)
 def test_tightness_benchmark_reports_both_variants(tmp_path: Path) -> None:
     figures = tmp_path / "tightness.json"
     output = _run(

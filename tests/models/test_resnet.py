@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 from torch import nn
@@ -20,11 +18,6 @@ from lightning_ot.nn import (
     vanilla_export,
 )
 
-requires_circular_padding = pytest.mark.skipif(
-    "padding_mode" not in inspect.signature(OrthogonalConv2d).parameters,
-    reason="needs OrthogonalConv2d(padding_mode='circular')",
-)
-
 
 def _small(norm_preserving: bool, num_outputs: int = 100) -> LipschitzResNet:
     # 64 channels in the last stage and 100 classes: the norm-preserving head pools 2 parts per channel
@@ -33,7 +26,6 @@ def _small(norm_preserving: bool, num_outputs: int = 100) -> LipschitzResNet:
     )
 
 
-@requires_circular_padding
 def test_norm_preserving_variant_keeps_gradient_norms_through_training() -> None:
     """||grad f_k|| = 1 at init and after real training steps; the residual network loses it."""
     torch.manual_seed(0)
@@ -65,7 +57,6 @@ def test_norm_preserving_variant_keeps_gradient_norms_through_training() -> None
     assert gradient_norms(residual, images).median() < 0.5
 
 
-@requires_circular_padding
 def test_norm_preserving_variant_structure_and_export() -> None:
     model = _small(norm_preserving=True)
     assert model.widths[0] == 8  # capped at the stem's 48 channels, never widened
