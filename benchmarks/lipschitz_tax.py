@@ -38,10 +38,12 @@ from lightning_ot.models import (
     NormPreservingConvNet,
     unconstrained_twin,
 )
-from lightning_ot.nn import gradient_norms, vanilla_export
+from lightning_ot.nn import gradient_norms, retract_weights_, vanilla_export
 
 
-def training_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+def training_step(
+    model: nn.Module, batch: torch.Tensor, target: torch.Tensor, retraction_steps: int = 0
+) -> Callable[[], None]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
@@ -49,6 +51,8 @@ def training_step(model: nn.Module, batch: torch.Tensor, target: torch.Tensor) -
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(batch), target).backward()
         optimizer.step()
+        if retraction_steps:
+            retract_weights_(model, retraction_steps)
 
     return step
 
@@ -68,20 +72,30 @@ def interleaved_times(
     return times
 
 
-def pretrain(model: nn.Module, input_shape: tuple[int, ...], num_outputs: int, steps: int) -> None:
+def pretrain(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    steps: int,
+    lr: float = 1e-3,
+    retraction_steps: int = 0,
+) -> None:
     """Train on random data so that the raw weights drift from their orthogonal initialization.
 
-    Nothing pulls an unconstrained matrix back to orthogonality during training: its singular values
-    spread, and Björck's iteration needs more steps than at initialization (the timing that follows
-    measures that cost).
+    Without retraction nothing pulls an unconstrained matrix back to orthogonality during training:
+    its singular values spread, and Björck's iteration needs more steps than at initialization (the
+    timing that follows measures that cost). With ``retraction_steps`` the raw matrices are retracted
+    after every step (:func:`lightning_ot.nn.retract_weights_`), as ``OTClassifier`` does.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         batch = torch.rand(128, *input_shape)
         F.cross_entropy(model(batch), torch.randint(0, num_outputs, (128,))).backward()
         optimizer.step()
+        if retraction_steps:
+            retract_weights_(model, retraction_steps)
 
 
 def paired_ratio(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
@@ -146,11 +160,15 @@ def compare(
     warmup: int,
     peers: dict[str, nn.Module] | None = None,
     pretrain_steps: int = 0,
+    pretrain_lr: float = 1e-3,
+    retraction_steps: int = 0,
 ) -> dict[str, dict[int, float]]:
     twin = unconstrained_twin(model)
     if pretrain_steps:
-        pretrain(model, input_shape, num_outputs, pretrain_steps)
-        title += f", after {pretrain_steps} Adam steps at lr 1e-3"
+        pretrain(model, input_shape, num_outputs, pretrain_steps, pretrain_lr, retraction_steps)
+        title += f", after {pretrain_steps} Adam steps at lr {pretrain_lr:g}"
+    if retraction_steps:
+        title += f", retracted after every step ({retraction_steps} Björck step, timed with the step)"
     print(
         f"\n== {title}: training step (forward + backward + Adam), median of {repeats} after {warmup} warm-up"
     )
@@ -167,7 +185,7 @@ def compare(
         target = torch.randint(0, num_outputs, (batch_size,))
         steps = {
             "plain twin (ReLU)": training_step(twin, batch, target),
-            "lightning_ot": training_step(model, batch, target),
+            "lightning_ot": training_step(model, batch, target, retraction_steps),
         }
         for name, peer in (peers or {}).items():
             steps[name] = training_step(peer, batch, target)
@@ -259,7 +277,14 @@ def main() -> None:
         "--pretrain-steps",
         type=int,
         default=0,
-        help="train the lightning_ot backbones (not the twins or peers) this many Adam steps at lr 1e-3 before timing",
+        help="train the lightning_ot backbones (not the twins or peers) this many Adam steps before timing",
+    )
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3, help="learning rate of those steps")
+    parser.add_argument(
+        "--retraction-steps",
+        type=int,
+        default=0,
+        help="retract the lightning_ot backbones' raw weights after every step (pretraining and timed steps)",
     )
     parser.add_argument("--resnet-batch", type=int, default=2)
     parser.add_argument("--resnet-image-size", type=int, default=224)
@@ -276,6 +301,11 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     peers = None if args.skip_peers else peer_convnets()
+    drift = {
+        "pretrain_steps": args.pretrain_steps,
+        "pretrain_lr": args.pretrain_lr,
+        "retraction_steps": args.retraction_steps,
+    }
     compare(
         "ConvNet 5 conv + 2 linear, 1x28x28 (FashionMNIST size)",
         LipschitzConvNet(1, 10, image_size=28),
@@ -285,7 +315,7 @@ def main() -> None:
         args.repeats,
         args.warmup,
         peers,
-        args.pretrain_steps,
+        **drift,
     )
     compare(
         "NormPreservingConvNet, 1x28x28 (the mnist5k recipe's)",
@@ -295,7 +325,7 @@ def main() -> None:
         args.batch_sizes,
         args.repeats,
         args.warmup,
-        pretrain_steps=args.pretrain_steps,
+        **drift,
     )
     compare(
         "MLP 64-(64 x 6)-10 (quickstart)",
@@ -305,7 +335,7 @@ def main() -> None:
         args.batch_sizes,
         args.repeats,
         args.warmup,
-        pretrain_steps=args.pretrain_steps,
+        **drift,
     )
     compare(
         "MLP 64-256-256-256-10 (earlier quickstart, widening)",
@@ -315,7 +345,7 @@ def main() -> None:
         args.batch_sizes,
         args.repeats,
         args.warmup,
-        pretrain_steps=args.pretrain_steps,
+        **drift,
     )
     if not args.skip_celeba:
         compare(

@@ -1,6 +1,7 @@
 """Where the per-step constant of the ImageNet-scale LipschitzResNet goes: the weights, part by part.
 
     python benchmarks/resnet_constant.py --threads 1 [--width 1.0] [--repeats 5] [--pretrain-steps 100]
+    python benchmarks/resnet_constant.py --threads 1 --pretrain-steps 100 --retraction-steps 1
 
 Every orthogonal layer recomputes its weight from raw parameters at each training step, forward and
 backward, whatever the batch. This times, per group of layers of the same shape (forward and
@@ -15,7 +16,9 @@ backward, median of ``--repeats`` interleaved rounds), the parts of that recompu
   it downsamples by space-to-depth).
 
 ``--pretrain-steps N`` first trains N Adam steps at lr 1e-3 on random 32x32 images, so that the raw
-weights drift as in training and Björck needs more steps.
+weights drift as in training and Björck needs more steps; ``--retraction-steps 1`` retracts the raw
+weights after each of those steps (``lightning_ot.nn.retract_weights_``, as
+``OTClassifier(retraction_steps=1)`` does), which keeps them near orthonormal.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lightning_ot.nn.linear as linear_module
 from lightning_ot.models import LipschitzResNet
-from lightning_ot.nn import OrthogonalConv2d, OrthogonalLinear, bjorck_orthonormalize
+from lightning_ot.nn import OrthogonalConv2d, OrthogonalLinear, bjorck_orthonormalize, retract_weights_
 from lightning_ot.nn.conv import _orthonormal_bases
 
 
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--norm-preserving", action="store_true")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pretrain-steps", type=int, default=0)
+    parser.add_argument("--retraction-steps", type=int, default=0, help="retract after each pretraining step")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads is not None:
@@ -111,6 +115,8 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
+            if args.retraction_steps:
+                retract_weights_(model, args.retraction_steps)
     layers = [m for m in model.modules() if isinstance(m, OrthogonalConv2d | OrthogonalLinear)]
     groups: dict[str, list[torch.nn.Module]] = defaultdict(list)
     for layer in layers:
@@ -121,6 +127,11 @@ def main() -> None:
         f"{args.width:g}{' norm-preserving' if args.norm_preserving else ''}, {len(layers)} orthogonal layers"
         + (
             f", after {args.pretrain_steps} Adam steps at lr 1e-3"
+            + (
+                f", retracted after each ({args.retraction_steps} Björck step)"
+                if args.retraction_steps
+                else ""
+            )
             if args.pretrain_steps
             else ", at initialization"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_ot.losses import HKRLoss, SoftHKRLoss
 from lightning_ot.metrics import CertifiedRobustAccuracy, certified_radius, predicted_labels
 from lightning_ot.metrics.certification import OutputLipschitz
-from lightning_ot.nn import input_lipschitz_factor
+from lightning_ot.nn import input_lipschitz_factor, retract_weights_
 
 __all__ = ["OTClassifier"]
 
@@ -67,6 +67,12 @@ class OTClassifier(pl.LightningModule):
             and refuse to train, with a ``ValueError``, a backbone that exceeds ``lipschitz``.
         lipschitz_tolerance: relative slack of that check: refuse when the measured constant exceeds
             ``lipschitz * (1 + lipschitz_tolerance)``.
+        retraction_steps: after every optimizer step, apply this many Björck steps to the raw
+            matrices of the backbone's orthogonal layers (:func:`~lightning_ot.nn.retract_weights_`):
+            the backbone's function does not change, but its raw matrices stay near orthonormal, so
+            the training forward needs one Björck step instead of the 10-12 that drifted matrices
+            take (a 512 x 784 layer: 3x faster training steps of ``NormPreservingConvNet``). ``0``
+            (default) never retracts.
 
     Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before
     the loss, the certificates and the metrics, so only the backbone runs in low precision.
@@ -94,6 +100,7 @@ class OTClassifier(pl.LightningModule):
         compile_backbone: bool | dict[str, Any] = False,
         audit_lipschitz: bool = True,
         lipschitz_tolerance: float = 0.05,
+        retraction_steps: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -132,6 +139,9 @@ class OTClassifier(pl.LightningModule):
         self.audit_lipschitz = audit_lipschitz
         self.lipschitz_tolerance = float(lipschitz_tolerance)
         self._lipschitz_audit_pending = False
+        if retraction_steps < 0:
+            raise ValueError(f"`retraction_steps` must be >= 0 (0 never retracts), got {retraction_steps}")
+        self.retraction_steps = int(retraction_steps)
 
     # ----------------------------------------------------------------------------------------------
     # What a subclass overrides
@@ -323,6 +333,17 @@ class OTClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         _resume_cut_epochs_where_they_stopped(self._trainer, checkpoint)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.retraction_steps:
+            retract_weights_(self.backbone, self.retraction_steps)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

@@ -160,6 +160,19 @@ class NetworkResults:
     train_seconds: float = math.nan
 
 
+def untrained_networks(results: Sequence[NetworkResults], num_classes: int) -> list[str]:
+    """Notes on the networks whose accuracy is within 5 points of chance: they did not learn, and
+    their explanation and transport figures mean nothing (a ReLU twin can die at a high learning
+    rate)."""
+    chance = 1 / num_classes
+    return [
+        f"{result.name} did not learn (accuracy {100 * result.accuracy:.1f} %, chance {100 * chance:.1f} %): "
+        "its explanation and transport figures are meaningless"
+        for result in results
+        if result.accuracy <= chance + 0.05
+    ]
+
+
 def spearman_distance(first: Tensor, second: Tensor) -> Tensor:
     """(B,) ``1 - rho``, with ``rho`` the Spearman rank correlation of each pair of flattened maps
     (tied values share their average rank, as in the Stability and MuFidelity metrics).
@@ -182,7 +195,9 @@ def spearman_distance(first: Tensor, second: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _from_config(config: Path, overrides: Sequence[str]) -> tuple[OTClassifier, pl.LightningDataModule, int]:
+def _from_config(
+    config: Path, overrides: Sequence[str], seed: int
+) -> tuple[OTClassifier, pl.LightningDataModule, int]:
     from lightning_ot.fit import OTLightningCLI
 
     with warnings.catch_warnings():
@@ -194,6 +209,8 @@ def _from_config(config: Path, overrides: Sequence[str]) -> tuple[OTClassifier, 
             # The networks are trained by `_train` below: no logger, no callback of the recipe's trainer.
             args=[
                 "--config", str(config),
+                # the networks' initialization follows `seed`, not the config's `seed_everything`
+                f"--seed_everything={seed}",
                 "--trainer.logger=false", "--trainer.callbacks=[]",
                 *overrides,
             ],
@@ -530,7 +547,10 @@ def reproduce(
         num_explained: validation samples (drawn at random with ``seed``) on which explanations and
             transports are measured.
         radii: L2 radii of the certified robust accuracy.
-        seed: seed of the training and of the metrics' random draws.
+        seed: seed of the networks' initialization, of the sample draw and of the metrics' random
+            draws (it replaces the config's ``seed_everything``). The data module's own seed
+            (shuffling, augmentation, any train/validation split) stays the config's; override it
+            with ``--data.init_args.seed=N`` to vary it too.
         overrides: LightningCLI overrides of the config, e.g. ``["--data.init_args.batch_size=128"]``.
         mu_fidelity_samples, stability_samples, smoothgrad_samples: sample counts of the metrics
             (Xplique's defaults: 200, 20, 50).
@@ -571,7 +591,7 @@ def reproduce(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(seed, verbose=False)
-    otnn, datamodule, config_epochs = _from_config(config_path, overrides)
+    otnn, datamodule, config_epochs = _from_config(config_path, overrides, seed)
     epochs = epochs or config_epochs
     twin = OTClassifier(
         unconstrained_twin(otnn.backbone, copy_weights=twin_copies_weights),
@@ -630,6 +650,15 @@ def reproduce(
         "twin baselines": "measured" if twin_baselines else "skipped",
         "twin initialization": "the OTNN's initial weights" if twin_copies_weights else "PyTorch's default",
     }
+    failures = untrained_networks(results, max(otnn.num_classes, 2))
+    for failure in failures:
+        warnings.warn(
+            f"{failure}; try another --seed or a lower learning rate "
+            "(--override=--model.init_args.optimizer.init_args.lr=...)",
+            stacklevel=2,
+        )
+    if failures:
+        settings["warning"] = "; ".join(failures)
     table = format_table(results, settings)
     (output_dir / "table.md").write_text(table)
     (output_dir / "results.json").write_text(
@@ -658,7 +687,12 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
     parser.add_argument("--output-dir", type=Path, default=Path("reproduction"))
     parser.add_argument("--num-explained", type=int, default=100, help="samples explained and transported")
     parser.add_argument("--radii", type=float, nargs="+", default=list(DEFAULT_RADII))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialization (replaces the config's seed_everything), of the samples and metrics",
+    )
     parser.add_argument("--mu-fidelity-samples", type=int, default=200)
     parser.add_argument("--stability-samples", type=int, default=20)
     parser.add_argument("--smoothgrad-samples", type=int, default=50)

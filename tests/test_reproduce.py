@@ -16,6 +16,7 @@ from lightning_ot.reproduce import (
     main,
     reproduce,
     spearman_distance,
+    untrained_networks,
 )
 
 
@@ -138,3 +139,31 @@ def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None
     assert (output / "transports.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         main(["--config", str(tmp_path / "missing.yaml"), "--output-dir", str(output)])
+
+
+def test_the_seed_sets_the_initialization_in_place_of_the_configs() -> None:
+    from lightning_ot.recipes import recipe_path
+    from lightning_ot.reproduce import _from_config
+
+    def initial_weights(seed: int) -> list[torch.Tensor]:
+        model, _, _ = _from_config(recipe_path("quickstart"), [], seed)
+        return [parameter.detach().clone() for parameter in model.backbone.parameters()]
+
+    first, again, other = initial_weights(1), initial_weights(1), initial_weights(2)
+    # (the first build may run with another thread count: the QR of the orthogonal init differs in
+    # its last bits)
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert max(float((a - b).abs().max()) for a, b in zip(first, other, strict=True)) > 0.01
+
+
+def test_a_network_at_chance_is_flagged() -> None:
+    trained = NetworkResults("OTNN", "hKR", accuracy=0.975, lipschitz=1.0, certified_accuracy={})
+    dead = NetworkResults(
+        "unconstrained twin", "cross-entropy", accuracy=0.1, lipschitz=None, certified_accuracy={}
+    )
+    notes = untrained_networks([trained, dead], num_classes=10)
+    assert len(notes) == 1
+    assert notes[0].startswith("unconstrained twin did not learn (accuracy 10.0 %")
+    assert untrained_networks([NetworkResults("b", "hKR", 0.8, 1.0, {})], num_classes=2) == []
+    assert len(untrained_networks([NetworkResults("b", "hKR", 0.52, 1.0, {})], num_classes=2)) == 1

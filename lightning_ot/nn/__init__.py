@@ -12,6 +12,7 @@ from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bj
 from lightning_ot.nn.normalization import Normalize
 from lightning_ot.nn.pooling import GlobalL2NormPool2d, InvertibleDownsampling, L2NormPool2d, l2_norm_pool2d
 from lightning_ot.nn.residual import LipschitzResidual
+from lightning_ot.nn.retraction import retract_weights_
 
 __all__ = [
     "BjorckOrthogonalization",
@@ -37,6 +38,7 @@ __all__ = [
     "lipschitz_audit",
     "max_min",
     "operator_norm_bound",
+    "retract_weights_",
     "vanilla_export",
 ]
 

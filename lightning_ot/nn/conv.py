@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn.bounds import certify_weight
-from lightning_ot.nn.linear import bjorck_orthonormalize
+from lightning_ot.nn.linear import bjorck_orthonormalize, retract_matrix_
 
 __all__ = ["OrthogonalConv2d", "compose_kernels"]
 
@@ -231,6 +231,18 @@ class OrthogonalConv2d(nn.Module):
         block = bjorck_orthonormalize(self.reshaped, self.iterations)
         block = block.reshape(self.out_channels, self.in_channels, step, step)
         return compose_kernels(kernel, block)
+
+    def retract_(self, steps: int = 1) -> None:
+        """Move the raw matrices toward orthonormal without changing the kernel (see :func:`retract_weights_`).
+
+        The projections' matrices keep their column span, hence their projectors ``Q Q^T``. On a CPU
+        they are left alone: their bases come from a QR decomposition there, which costs the same
+        whatever their conditioning.
+        """
+        for source in self._sources():
+            if source is self.projections and source.device.type == "cpu":
+                continue
+            retract_matrix_(source, steps)
 
     @property
     def weight(self) -> Tensor:

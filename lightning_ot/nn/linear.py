@@ -357,6 +357,20 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     return result.to(input_dtype)
 
 
+@torch.no_grad()
+def retract_matrix_(parameter: Tensor, steps: int = 1) -> Tensor:
+    """Replace ``parameter`` in place by ``steps`` Björck steps of itself; return it.
+
+    A Björck step maps each singular value ``s`` to ``1.5 s - 0.5 s^3`` and keeps the singular
+    vectors, so the orthonormalization of the result (its polar factor) is that of ``parameter``: the
+    layer built from it computes the same function (to float32 rounding), while the raw matrix moves
+    toward its orthonormal limit. Shape: (*, out, in), unchanged.
+    """
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}")
+    return parameter.copy_(bjorck_orthonormalize(parameter, steps, tolerance=None))
+
+
 class BjorckOrthogonalization(nn.Module):
     """Parametrization mapping an unconstrained matrix to its Björck orthonormalization.
 
@@ -448,6 +462,10 @@ class OrthogonalLinear(nn.Linear):
     def compute_weight(self) -> Tensor:
         """(out_features, in_features) Björck orthonormalization of ``weight_orig``, differentiable."""
         return bjorck_orthonormalize(self.weight_orig, self.iterations)
+
+    def retract_(self, steps: int = 1) -> None:
+        """Move ``weight_orig`` toward orthonormal without changing ``weight`` (see :func:`retract_weights_`)."""
+        retract_matrix_(self.weight_orig, steps)
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]

@@ -1,0 +1,69 @@
+"""Retraction: keep the raw matrices of orthogonal layers near orthonormal, the network unchanged.
+
+An orthogonal layer trains an unconstrained matrix ``W`` and uses its Björck orthonormalization
+(the polar factor ``U V^T`` of ``W = U S V^T``). The optimizer moves ``W`` freely, and after a few
+hundred Adam steps its singular values spread (condition numbers of 10-100 on a 512 x 784 layer at
+learning rate 5e-3), so that Björck's iteration needs 10-12 steps, forward and backward, at every
+training step, instead of one. Replacing ``W`` by a Björck step of itself leaves the polar factor,
+hence the network's function, unchanged (the step changes the singular values, not the singular
+vectors) and brings the singular values back toward 1: one such step after every optimizer step,
+without autograd, keeps the training forward at a single Björck step. This is the polar retraction
+of optimization on the Stiefel manifold (Absil, Mahony and Sepulchre, *Optimization Algorithms on
+Matrix Manifolds*, 2008, section 4.1), applied after an unconstrained step.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lightning_ot.nn.linear import BjorckOrthogonalization, retract_matrix_
+
+__all__ = ["retract_weights_"]
+
+
+def retract_weights_(module: nn.Module, steps: int = 1) -> int:
+    """Retract the raw matrices of every orthogonal layer in ``module``, in place; return their count.
+
+    Applies ``steps`` Björck steps (no autograd) to the raw parameters of each submodule with a
+    ``retract_`` method (:class:`~lightning_ot.nn.OrthogonalLinear`,
+    :class:`~lightning_ot.nn.OrthogonalConv2d`) and to the original of every weight parametrized by
+    :class:`~lightning_ot.nn.BjorckOrthogonalization` alone. The module computes the same function
+    afterwards (to float32 rounding, about 1e-6 relative); only the raw parameters move, toward the
+    orthonormal matrices they stand for, so the next training forward needs fewer Björck steps.
+    Call it after ``optimizer.step()``; ``OTClassifier(retraction_steps=1)`` does.
+
+    Args:
+        module: any module; submodules without orthogonal layers are left alone.
+        steps: Björck steps per matrix (>= 1). One is enough after each optimizer step.
+
+    Returns:
+        The number of layers retracted.
+
+    Example:
+        >>> import torch
+        >>> from lightning_ot.nn import OrthogonalLinear
+        >>> layer = OrthogonalLinear(8, 8)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight_orig.mul_(torch.linspace(0.2, 2.0, 8))  # drifted columns
+        >>> x = torch.randn(3, 8)
+        >>> before = layer(x)
+        >>> retract_weights_(layer, steps=3)
+        1
+        >>> torch.allclose(layer(x), before, atol=1e-5)
+        True
+    """
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}")
+    count = 0
+    for submodule in module.modules():
+        retract = getattr(submodule, "retract_", None)
+        if callable(retract):
+            retract(steps)
+            count += 1
+        elif parametrize.is_parametrized(submodule):
+            for parametrizations in submodule.parametrizations.values():
+                if len(parametrizations) == 1 and isinstance(parametrizations[0], BjorckOrthogonalization):
+                    retract_matrix_(parametrizations.original, steps)
+                    count += 1
+    return count

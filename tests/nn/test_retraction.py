@@ -1,0 +1,156 @@
+"""Retraction moves the raw matrices of orthogonal layers toward orthonormal and leaves the layers'
+functions unchanged, so that training forwards need fewer Björck steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import lightning_ot.nn.linear as linear_module
+from lightning_ot.models import LipschitzResNet, NormPreservingConvNet
+from lightning_ot.nn import (
+    BjorckOrthogonalization,
+    OrthogonalConv2d,
+    OrthogonalLinear,
+    bjorck_orthonormalize,
+    retract_weights_,
+)
+
+
+def _deviation(matrix: torch.Tensor) -> float:
+    """||X X^T - I||_F of the wide orientation (0 for orthonormal rows or columns)."""
+    wide = matrix if matrix.shape[-2] <= matrix.shape[-1] else matrix.mT
+    eye = torch.eye(wide.shape[-2], dtype=wide.dtype)
+    return float((wide @ wide.mT - eye).norm(dim=(-2, -1)).max())
+
+
+def _drift_(module: nn.Module, seed: int) -> None:
+    """Spread the singular values of every raw matrix, as training does (condition numbers about 5)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.ndim >= 2:
+                noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+                parameter.add_(0.3 * parameter.std() * noise).mul_(
+                    1 + 0.5 * torch.rand(1, generator=generator)
+                )
+
+
+LAYERS = {
+    "linear square": lambda: OrthogonalLinear(24, 24, dtype=torch.float64),
+    "linear wide": lambda: OrthogonalLinear(40, 24, dtype=torch.float64),
+    "linear tall": lambda: OrthogonalLinear(24, 40, dtype=torch.float64),
+    "conv 3x3 (BCOP)": lambda: OrthogonalConv2d(8, 8, 3, dtype=torch.float64),
+    "conv 3x3 widening": lambda: OrthogonalConv2d(4, 8, 3, dtype=torch.float64),
+    "conv 1x1": lambda: OrthogonalConv2d(8, 4, 1, dtype=torch.float64),
+    "conv 2x2 stride 2": lambda: OrthogonalConv2d(4, 16, 2, stride=2, dtype=torch.float64),
+    "conv 4x4 stride 2": lambda: OrthogonalConv2d(4, 8, 4, stride=2, dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_retraction_keeps_the_weight_and_straightens_the_raw_matrices(name: str) -> None:
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    _drift_(layer, seed=1)
+    # BCOP's projection matrices get their bases by QR on a CPU, whatever their conditioning: left alone
+    projections = getattr(layer, "projections", None)
+    raw = [p for p in layer.parameters() if p.ndim >= 2 and p is not projections]
+    projections_before = None if projections is None else projections.detach().clone()
+    before_weight = layer.compute_weight().detach()
+    before_deviation = max(_deviation(parameter.detach()) for parameter in raw)
+    assert before_deviation > 0.3
+
+    assert retract_weights_(layer, steps=1) == 1
+    after_one = max(_deviation(parameter.detach()) for parameter in raw)
+    torch.testing.assert_close(layer.compute_weight().detach(), before_weight, atol=1e-6, rtol=0)
+    assert after_one < before_deviation
+
+    retract_weights_(layer, steps=4)
+    torch.testing.assert_close(layer.compute_weight().detach(), before_weight, atol=1e-6, rtol=0)
+    assert max(_deviation(parameter.detach()) for parameter in raw) < 1e-3
+    if projections is not None:
+        assert torch.equal(projections.detach(), projections_before)
+
+
+def test_projections_keep_their_span_when_retracted() -> None:
+    """On an accelerator the projections are retracted too: Björck's steps keep each column span."""
+    torch.manual_seed(0)
+    layer = OrthogonalConv2d(8, 8, 3, dtype=torch.float64)
+    _drift_(layer, seed=3)
+    projections = layer.projections.detach()
+    retracted = linear_module.retract_matrix_(projections.clone(), steps=6)
+    assert _deviation(retracted) < 1e-3 < _deviation(projections)
+
+    def projector(basis: torch.Tensor) -> torch.Tensor:
+        return basis @ torch.linalg.pinv(basis)
+
+    torch.testing.assert_close(projector(retracted), projector(projections), atol=1e-9, rtol=0)
+
+
+def test_networks_compute_the_same_function_after_retraction() -> None:
+    torch.manual_seed(0)
+    tight = NormPreservingConvNet(
+        in_channels=1, num_outputs=10, image_size=28, stage_convs=(1, 2), hidden_features=(64,)
+    )
+    resnet = LipschitzResNet(in_channels=1, num_outputs=10, width_multiplier=0.25, stage_blocks=(1, 1, 1, 1))
+    for network, inputs in ((tight, torch.rand(4, 1, 28, 28)), (resnet, torch.rand(4, 1, 32, 32))):
+        _drift_(network, seed=2)
+        before = network(inputs).detach()
+        count = retract_weights_(network)
+        assert count == sum(isinstance(m, OrthogonalLinear | OrthogonalConv2d) for m in network.modules()) > 3
+        torch.testing.assert_close(network(inputs).detach(), before, atol=2e-5, rtol=1e-5)
+
+
+def test_a_bjorck_parametrized_weight_is_retracted() -> None:
+    layer = nn.Linear(12, 6, dtype=torch.float64)
+    parametrize.register_parametrization(layer, "weight", BjorckOrthogonalization())
+    with torch.no_grad():
+        layer.parametrizations.weight.original.mul_(torch.linspace(0.3, 3.0, 12, dtype=torch.float64))
+    before = layer.weight.detach().clone()
+    assert retract_weights_(nn.Sequential(layer, nn.ReLU()), steps=10) == 1
+    assert _deviation(layer.parametrizations.weight.original.detach()) < 1e-3
+    torch.testing.assert_close(layer.weight.detach(), before, atol=1e-6, rtol=0)
+
+
+def _forward_steps(matrix: torch.Tensor) -> int:
+    trace = linear_module._BjorckTrace()
+    linear_module._bjorck_steps(matrix.detach(), 12, 1e-3, trace)
+    return len(trace.steps)
+
+
+def test_after_every_adam_step_a_retraction_keeps_the_forward_at_few_bjorck_steps() -> None:
+    """Without retraction Adam spreads the singular values and Björck needs many steps; with it, few."""
+    steps = {}
+    for retract in (False, True):
+        torch.manual_seed(0)
+        layer = OrthogonalLinear(96, 64)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=5e-3)
+        inputs, targets = torch.randn(128, 96), torch.randn(128, 64)
+        for _ in range(30):
+            loss = (layer(inputs) - targets).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if retract:
+                retract_weights_(layer)
+        steps[retract] = _forward_steps(layer.weight_orig)
+        # the layer stays exactly orthonormal either way: only the cost of getting there differs
+        assert _deviation(layer.weight.detach()) < 1e-3
+    assert steps[False] >= 6, steps
+    assert steps[True] <= 3, steps
+
+
+def test_bad_steps_are_refused() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        retract_weights_(OrthogonalLinear(4, 4), steps=0)
+    with pytest.raises(ValueError, match="steps"):
+        linear_module.retract_matrix_(torch.eye(3), steps=0)
+    # a module without orthogonal layers is left alone
+    plain = nn.Linear(3, 3)
+    before = plain.weight.detach().clone()
+    assert retract_weights_(plain) == 0
+    assert torch.equal(plain.weight, before)
+    assert bjorck_orthonormalize(torch.eye(3)).shape == (3, 3)
