@@ -23,6 +23,9 @@ validation epoch pays once) against a forward with the cached weights.
 ``--pretrain-steps N`` first trains the 1-Lipschitz network N Adam steps at lr 1e-3 on small random
 images (``--pretrain-image-size``), so that the raw weights drift from their orthogonal
 initialization as in training and Björck's iteration needs more steps: the constant grows.
+``--retraction-steps 1`` retracts the raw weights after each of those steps and of the timed ones
+(``lightning_ot.nn.retract_weights_``, as ``OTClassifier(retraction_steps=1)`` does; its cost is
+in the timed step), which keeps them near orthonormal.
 ``--variant norm-preserving`` times ``LipschitzResNet(norm_preserving=True)``.
 """
 
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lipschitz_tax import paired_ratio
 
 from lightning_ot.models import LipschitzResNet, unconstrained_twin
+from lightning_ot.nn import retract_weights_
 
 CLOCKS = ("wall", "cpu")
 
@@ -79,17 +83,25 @@ def weight_recomputation(model: nn.Module) -> Callable[[], None]:
 
 
 def training_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    retraction_steps: int = 0,
 ) -> Callable[[], None]:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
+        if retraction_steps:
+            retract_weights_(model, retraction_steps)
 
     return step
 
 
-def pretrain(model: nn.Module, num_outputs: int, image_size: int, steps: int) -> float:
+def pretrain(
+    model: nn.Module, num_outputs: int, image_size: int, steps: int, retraction_steps: int = 0
+) -> float:
     """Adam steps at lr 1e-3 on random images, so that the raw weights drift; returns seconds spent."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(1)
@@ -101,6 +113,8 @@ def pretrain(model: nn.Module, num_outputs: int, image_size: int, steps: int) ->
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
+        if retraction_steps:
+            retract_weights_(model, retraction_steps)
     return time.perf_counter() - start
 
 
@@ -143,6 +157,7 @@ def measure_width(
     variant: str,
     pretrain_steps: int,
     pretrain_image_size: int,
+    retraction_steps: int = 0,
 ) -> dict:
     torch.manual_seed(0)
     model = LipschitzResNet(
@@ -155,6 +170,7 @@ def measure_width(
     twin = unconstrained_twin(model)
     label = f"width {width:g}" + (" norm-preserving" if variant == "norm-preserving" else "")
     label += f", after {pretrain_steps} steps" if pretrain_steps else ""
+    label += ", retracted" if retraction_steps else ""
     plain_parameters = sum(p.numel() for p in twin.parameters())
     print(
         f"\n== {label}: {plain_parameters / 1e6:.1f}M weights as a plain network, {image_size}x{image_size}"
@@ -167,7 +183,7 @@ def measure_width(
         "plain_parameters": plain_parameters,
     }
     if pretrain_steps:
-        seconds = pretrain(model, num_outputs, pretrain_image_size, pretrain_steps)
+        seconds = pretrain(model, num_outputs, pretrain_image_size, pretrain_steps, retraction_steps)
         print(
             f"  pretrained {pretrain_steps} Adam steps at lr 1e-3 ({pretrain_image_size}px, batch 8, {seconds:.0f} s)"
         )
@@ -188,7 +204,9 @@ def measure_width(
         for size in batch_sizes
     }
     steps = {
-        (size, name): training_step(net, optimizers[name], *batches[size])
+        (size, name): training_step(
+            net, optimizers[name], *batches[size], retraction_steps if name == "lipschitz" else 0
+        )
         for size in batch_sizes
         for name, net in (("plain", twin), ("lipschitz", model))
     }
@@ -319,6 +337,9 @@ def main() -> None:
     parser.add_argument("--variant", choices=["standard", "norm-preserving"], default="standard")
     parser.add_argument("--pretrain-steps", type=int, default=0)
     parser.add_argument("--pretrain-image-size", type=int, default=32)
+    parser.add_argument(
+        "--retraction-steps", type=int, default=0, help="retract the raw weights after every step"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--plot", type=Path, help="write the tax curve (PNG) to this file")
@@ -349,6 +370,7 @@ def main() -> None:
             args.variant,
             args.pretrain_steps,
             args.pretrain_image_size,
+            args.retraction_steps,
         )
         for width in args.widths
     ]
