@@ -84,6 +84,7 @@ __all__ = [
     "main",
     "reproduce",
     "spearman_distance",
+    "untrained_networks",
 ]
 
 DEFAULT_RADII: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
