@@ -54,6 +54,11 @@ def compose_kernels(first: Tensor, second: Tensor) -> Tensor:
     return F.conv2d(first.transpose(0, 1), second.flip(-2, -1), padding=size).transpose(0, 1)
 
 
+def _bases_by_qr(device: torch.device) -> bool:
+    """Whether :func:`_orthonormal_bases` uses a QR decomposition (on a CPU) rather than Björck's iteration."""
+    return device.type == "cpu"
+
+
 def _orthonormal_bases(matrices: Tensor, iterations: int) -> Tensor:
     """An orthonormal basis of the column span of each tall matrix of a batch (*, n, m), m <= n.
 
@@ -63,7 +68,7 @@ def _orthonormal_bases(matrices: Tensor, iterations: int) -> Tensor:
     conditioning); on an accelerator, where small batched QR decompositions are slow, Björck's
     iteration (matrix products only) gives the same projections to its tolerance.
     """
-    if matrices.device.type != "cpu":
+    if not _bases_by_qr(matrices.device):
         return bjorck_orthonormalize(matrices, iterations)
     dtype = matrices.dtype
     if dtype in (torch.float16, torch.bfloat16):
@@ -235,12 +240,12 @@ class OrthogonalConv2d(nn.Module):
     def retract_(self, steps: int = 1) -> None:
         """Move the raw matrices toward orthonormal without changing the kernel (see :func:`retract_weights_`).
 
-        The projections' matrices keep their column span, hence their projectors ``Q Q^T``. On a CPU
-        they are left alone: their bases come from a QR decomposition there, which costs the same
-        whatever their conditioning.
+        The projections' matrices keep their column span, hence their projectors ``Q Q^T``. Where
+        their bases come from a QR decomposition (on a CPU), which costs the same whatever their
+        conditioning, they are left alone.
         """
         for source in self._sources():
-            if source is self.projections and source.device.type == "cpu":
+            if source is self.projections and _bases_by_qr(source.device):
                 continue
             retract_matrix_(source, steps)
 
