@@ -7,7 +7,8 @@
 For every input it writes, with :func:`lightning_ot.explain.explain`: the prediction, the margin, the
 certified L2 radius (``OTClassifier.certified_radius``), the saliency map and the counterfactual
 transports toward the runner-up class (or ``--target``) at ``--step-sizes`` times the first-order
-distance to the boundary, with the boundary counterfactual found by Newton steps:
+distance to the boundary, with the boundary counterfactual found by Newton steps (or, with
+``--boundary-search nearest``, the nearest boundary point found from there):
 
 - ``OUT/panels/NNNNN_NAME.png``: one panel per input (input | saliency | transports | boundary
   counterfactual | counterfactual minus input, captioned);
@@ -45,7 +46,14 @@ import yaml
 from torch import Tensor
 
 from lightning_ot.data import IMAGE_EXTENSIONS, load_image, read_idx
-from lightning_ot.explain import Explanation, caption_lines, explain, explanation_mode, render_explanation
+from lightning_ot.explain import (
+    BoundarySearch,
+    Explanation,
+    caption_lines,
+    explain,
+    explanation_mode,
+    render_explanation,
+)
 from lightning_ot.module import OTClassifier
 
 __all__ = [
@@ -412,6 +420,7 @@ def explain_inputs(
     step_sizes: Sequence[float] = (0.5, 1.0, 2.0),
     clamp: tuple[float, float] | None = None,
     max_iterations: int = 10,
+    boundary_search: BoundarySearch = "newton",
     batch_size: int = 64,
     panel_size: int = 64,
     progress: bool | None = None,
@@ -447,6 +456,7 @@ def explain_inputs(
                 step_sizes=step_sizes,
                 clamp=clamp,
                 max_iterations=max_iterations,
+                boundary_search=boundary_search,
             )
         explanation = explanation.to("cpu")
         names = inputs.names[start : start + batch_size]
@@ -520,6 +530,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clamp", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="data range to clamp transports to, e.g. 0 1")  # fmt: skip
     parser.add_argument("--max-iterations", type=int, default=10, help="Newton steps to the boundary at most")
+    parser.add_argument("--boundary-search", choices=("newton", "nearest"), default="newton",
+                        help="boundary counterfactual: where Newton steps along the gradient land, or the "
+                        "nearest boundary point found from there (10-20x slower)")  # fmt: skip
     parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="SIZE",
                         help="resize --images to SIZE or HEIGHT WIDTH")  # fmt: skip
     parser.add_argument("--channels", type=int, choices=(1, 3), default=None,
@@ -579,6 +592,7 @@ def main(args: Sequence[str] | None = None) -> list[dict[str, Any]]:
             step_sizes=options.step_sizes,
             clamp=None if options.clamp is None else tuple(options.clamp),
             max_iterations=options.max_iterations,
+            boundary_search=options.boundary_search,
             batch_size=options.batch_size,
             panel_size=options.panel_size,
             progress=False if options.no_progress else None,

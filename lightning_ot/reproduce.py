@@ -20,7 +20,8 @@ network, on the validation set:
   maximum over channels), which changes MuFidelity;
 - from :func:`~lightning_ot.explain.explain`: how tight the network is (median and 10th percentile
   of ``||grad f_k||`` of the predicted class, median of the distance to the boundary counterfactual
-  over the certified radius) and how its input gradient transports inputs to the other class: the
+  over the certified radius, for Newton's boundary point and for the nearest boundary point found)
+  and how its input gradient transports inputs to the other class: the
   rate at which a move of 1x and 2x the first-order boundary distance along the gradient flips the
   class, the rate at which the boundary search lands on the boundary, and the distance moved;
 - the distance between its saliency map and its SmoothGrad map (the paper: small for an OTNN, whose
@@ -52,6 +53,7 @@ from torch import Tensor, nn
 from lightning_ot.explain import (
     Explanation,
     caption_lines,
+    counterfactual,
     explain,
     heatmap_panels,
     image_panels,
@@ -137,7 +139,9 @@ class NetworkResults:
     ``gradient_norm`` and ``gradient_norm_p10`` are the median and 10th percentile of
     ``||grad f_k||`` (predicted class ``k``), ``pair_gradient_norm`` the median of
     ``||grad (f_k - f_j)||`` (runner-up ``j``), ``tightness`` the median of the boundary
-    counterfactual's distance over the certified radius; ``boundary_distance`` and
+    counterfactual's distance over the certified radius (Newton steps along the gradient),
+    ``nearest_tightness`` the same with the nearest boundary point found (``"nearest"`` mode of
+    :func:`~lightning_ot.explain.counterfactual`: never above ``tightness``); ``boundary_distance`` and
     ``certified_radius`` are means (see :meth:`~lightning_ot.explain.Explanation.summary`).
     """
 
@@ -156,6 +160,7 @@ class NetworkResults:
     gradient_norm_p10: float = math.nan
     pair_gradient_norm: float = math.nan
     tightness: float = math.nan
+    nearest_tightness: float = math.nan
     saliency_smoothgrad_distance: float = math.nan
     saliency_smoothgrad_cosine: float = math.nan
     train_seconds: float = math.nan
@@ -369,6 +374,12 @@ def _measure(
     results.pair_gradient_norm = summary["pair_gradient_norm"]
     results.tightness = summary["tightness"]
     results.certified_radius = float(radius[:explained_count].mean())
+    nearest = counterfactual(model, sample, target=explanation.target, mode="nearest")
+    sample_radius = radius[:explained_count].to(nearest.distances.device)
+    found = (nearest.on_boundary | nearest.flipped)[:, 0] & (sample_radius > 0)
+    if bool(found.any()):
+        ratios = nearest.distances[found, 0] / sample_radius[found]
+        results.nearest_tightness = float(ratios.double().nanquantile(0.5))
 
     generator = torch.Generator(device=sample.device).manual_seed(seed)
     smooth = smoothgrad(model, sample, explained, num_samples=smoothgrad_samples, generator=generator)
@@ -421,6 +432,10 @@ def format_table(results: Sequence[NetworkResults], settings: dict[str, Any] | N
     row(
         "median boundary counterfactual distance / certified radius (1 is tight)",
         [_number(r.tightness) for r in results],
+    )
+    row(
+        "median nearest boundary point found / certified radius (1 is tight)",
+        [_number(r.nearest_tightness) for r in results],
     )
     row(
         "transport of 1x the first-order boundary distance flips the class",

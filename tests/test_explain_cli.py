@@ -150,6 +150,17 @@ def test_folder_of_pngs_and_a_target_class(checkpoint, tmp_path):
         assert row["target"] != row["prediction"]
     assert "runner-up for the" in (tmp_path / "target" / "report.html").read_text()
 
+    nearest = main([
+        "--ckpt_path", str(checkpoint), "--images", str(folder), "--boundary-search", "nearest",
+        "--output-dir", str(tmp_path / "nearest"), "--no-progress",
+    ])  # fmt: skip
+    check_against_the_model(
+        read_csv(tmp_path / "nearest" / "predictions.csv"), model, decoded[:, None].float() / 255
+    )
+    newton = read_csv(output / "predictions.csv")
+    for found, walked in zip(nearest, newton, strict=True):
+        assert float(found["boundary_distance"]) <= float(walked["boundary_distance"]) + 1e-5
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(

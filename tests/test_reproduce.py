@@ -73,6 +73,7 @@ def test_quick_reproduction_writes_a_sane_table(tmp_path: Path) -> None:
     assert otnn.gradient_norm_p10 <= otnn.gradient_norm <= 1.0 + 1e-3  # ||grad f_k|| of a 1-Lipschitz net
     assert otnn.pair_gradient_norm <= math.sqrt(2.0) + 1e-3
     assert otnn.tightness >= 1.0 - 1e-3  # no class change closer than the certificate
+    assert 1.0 - 1e-3 <= otnn.nearest_tightness <= otnn.tightness + 1e-5
     assert otnn.certified_radius <= otnn.boundary_distance + 1e-3
     # The twin's certificate comes from its (much larger) Lipschitz upper bound.
     assert twin.lipschitz is not None

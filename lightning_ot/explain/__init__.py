@@ -5,7 +5,7 @@ blocks it uses, the SmoothGrad and Integrated Gradients baselines, and grids to 
 from lightning_ot.explain._common import class_score, explanation_mode
 from lightning_ot.explain.attribution import integrated_gradients, saliency, smoothgrad
 from lightning_ot.explain.counterfactual import CounterfactualResult, counterfactual
-from lightning_ot.explain.explanation import Certificate, Explanation, explain
+from lightning_ot.explain.explanation import BoundarySearch, Certificate, Explanation, explain
 from lightning_ot.explain.visualize import (
     caption_lines,
     heatmap_panels,
@@ -15,6 +15,7 @@ from lightning_ot.explain.visualize import (
 )
 
 __all__ = [
+    "BoundarySearch",
     "Certificate",
     "CounterfactualResult",
     "Explanation",

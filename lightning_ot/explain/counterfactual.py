@@ -21,7 +21,7 @@ from lightning_ot.explain._common import (
 
 __all__ = ["CounterfactualResult", "counterfactual"]
 
-CounterfactualMode = Literal["boundary", "steps"]
+CounterfactualMode = Literal["boundary", "nearest", "steps"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class CounterfactualResult:
     Attributes:
         images: (B, T, ...) transported inputs (after clamping, if asked).
         step_sizes: (B, T) distance ``t`` walked along the initial unit direction; in ``"boundary"``
-            mode, the first-order distance to the boundary ``g(x) / ||grad g(x)||``.
+            and ``"nearest"`` modes, the first-order distance to the boundary ``g(x) / ||grad g(x)||``.
         distances: (B, T) ``||x' - x||_2``, the distance actually moved.
         margin_before: (B,) ``g(x) = f_source(x) - f_target(x)`` (binary: ``f`` for source class 1,
             ``-f`` for source class 0): positive on the source side of the boundary.
@@ -95,6 +95,7 @@ def counterfactual(
     tolerance: float = 1e-3,
     max_iterations: int = 10,
     clamp: tuple[float, float] | None = None,
+    refinements: int = 20,
 ) -> CounterfactualResult:
     """Transport each input from its ``source`` class toward ``target`` along the gradient.
 
@@ -107,7 +108,15 @@ def counterfactual(
 
     - ``"boundary"``: land on ``g = 0`` to ``tolerance`` with Newton steps
       ``x <- x - g(x) grad g(x) / ||grad g(x)||^2`` (one step is exact for an affine ``g``), at most
-      ``max_iterations`` of them. ``T = 1``.
+      ``max_iterations`` of them. ``T = 1``. This follows the gradient, which bends: the point found
+      is on the boundary, not necessarily the nearest one.
+    - ``"nearest"``: the nearest boundary point found, the minimal counterfactual. From the
+      ``"boundary"`` point ``z``, each of ``refinements`` rounds moves ``z`` halfway toward the
+      projection of ``x`` on the boundary's linearization at ``z``, ``{u : g(z) + grad g(z) . (u - z)
+      = 0}``, and lands back on the boundary with Newton steps; the closest boundary point seen is
+      kept (a fixed point satisfies the first-order condition of ``min ||u - x||`` subject to
+      ``g(u) = 0``: ``x - u`` is parallel to ``grad g(u)``). Its distance is an upper bound of the
+      distance to the boundary, which the certified radius bounds from below. ``T = 1``.
     - ``"steps"``: the straight line ``x - t d`` for each ``t`` in ``step_sizes``, as multiples of the
       first-order boundary distance ``g(x) / ||grad g(x)||`` when ``relative`` (1.0 = the boundary,
       2.0 = as far past it as ``x`` is before it), in input units otherwise. ``T = len(step_sizes)``.
@@ -120,12 +129,13 @@ def counterfactual(
             logit differences have equal gradient norms).
         source: (B,) class indices or one int to transport from; None: the predicted class (binary
             with a ``target``: the other class).
-        mode: ``"boundary"`` or ``"steps"``.
+        mode: ``"boundary"``, ``"nearest"`` or ``"steps"``.
         step_sizes: the ``t`` of ``"steps"`` mode (>= 0).
         relative: whether ``step_sizes`` are multiples of the boundary distance.
         tolerance: ``|g|`` below which a point is on the boundary.
-        max_iterations: Newton steps at most in ``"boundary"`` mode.
+        max_iterations: Newton steps at most in ``"boundary"`` mode (and per landing in ``"nearest"``).
         clamp: ``(low, high)`` data range to clamp every transported input to, e.g. ``(0.0, 1.0)``.
+        refinements: rounds of ``"nearest"`` mode at most (it stops earlier when no point moves closer).
 
     Returns:
         A :class:`CounterfactualResult`.
@@ -139,9 +149,17 @@ def counterfactual(
         (tensor([[ 0.1600, -0.1200]]), tensor([1.4000]), tensor([[True]]))
         >>> counterfactual(model, torch.tensor([[1.0, 1.0]]), mode="steps", step_sizes=[2.0]).flipped
         tensor([[True]])
+        >>> bent = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(2, 1))  # relu(u) + relu(v) - 1
+        >>> with torch.no_grad():
+        ...     _ = bent[1].weight.fill_(1.0), bent[1].bias.fill_(-1.0)
+        >>> x = torch.tensor([[3.0, 0.2]])  # nearest boundary point: (1, 0), at distance 2.01
+        >>> counterfactual(bent, x).images[:, 0], counterfactual(bent, x).distances
+        (tensor([[ 1.0000, -0.9000]]), tensor([[2.2825]]))
+        >>> counterfactual(bent, x, mode="nearest").distances
+        tensor([[2.0100]])
     """
     check_input(x)
-    _check_transport_options(mode, step_sizes, tolerance, max_iterations, clamp)
+    _check_transport_options(mode, step_sizes, tolerance, max_iterations, clamp, refinements)
     batch_size = x.shape[0]
     x = x.detach()
     with explanation_mode(model, x):
@@ -152,7 +170,7 @@ def counterfactual(
         margin = _PairMargin(source_t, target_t, binary)
         margin_before, gradient, _ = input_gradient(model, x, margin)
         first = (model, x, margin, margin_before, gradient)
-        return _transport(*first, mode, step_sizes, relative, tolerance, max_iterations, clamp)
+        return _transport(*first, mode, step_sizes, relative, tolerance, max_iterations, clamp, refinements)
 
 
 def _check_transport_options(
@@ -161,10 +179,13 @@ def _check_transport_options(
     tolerance: float,
     max_iterations: int,
     clamp: tuple[float, float] | None,
+    refinements: int = 0,
 ) -> None:
     """Raise a ``ValueError`` naming the first bad argument of :func:`counterfactual`."""
-    if mode not in ("boundary", "steps"):
-        raise ValueError(f"`mode` must be 'boundary' or 'steps', got {mode!r}")
+    if mode not in ("boundary", "nearest", "steps"):
+        raise ValueError(f"`mode` must be 'boundary', 'nearest' or 'steps', got {mode!r}")
+    if isinstance(refinements, bool) or not isinstance(refinements, int) or refinements < 0:
+        raise ValueError(f"`refinements` must be an int >= 0, got {refinements!r}")
     if mode == "steps" and (len(step_sizes) == 0 or any(t < 0 for t in step_sizes)):
         raise ValueError(f"`step_sizes` must be a non-empty list of numbers >= 0, got {list(step_sizes)}")
     if tolerance <= 0:
@@ -176,7 +197,18 @@ def _check_transport_options(
 
 
 def _transport(
-    model, x, margin, margin_before, gradient, mode, step_sizes, relative, tolerance, max_iterations, clamp
+    model,
+    x,
+    margin,
+    margin_before,
+    gradient,
+    mode,
+    step_sizes,
+    relative,
+    tolerance,
+    max_iterations,
+    clamp,
+    refinements=0,
 ) -> CounterfactualResult:
     """The transports of :func:`counterfactual` (same options) from ``margin_before = g(x)`` and
     ``gradient = grad g(x)`` already computed, so that one backward pass serves saliency and
@@ -185,10 +217,14 @@ def _transport(
     gradient_norm = _flat_norm(gradient)
     safe_norm = gradient_norm.clamp_min(torch.finfo(x.dtype).tiny)
     boundary_distance = margin_before / safe_norm
-    if mode == "boundary":
+    if mode in ("boundary", "nearest"):
         images, clamped = _newton_to_boundary(
             model, x, margin, margin_before, gradient, tolerance, max_iterations, clamp
         )
+        if mode == "nearest":
+            images, clamped = _nearest_on_boundary(
+                model, x, margin, images, clamped, tolerance, max_iterations, clamp, refinements
+            )
         images, clamped = images[:, None], clamped[:, None]
         steps = boundary_distance[:, None]
     else:
@@ -289,6 +325,57 @@ def _newton_to_boundary(
         point = candidate
         if iteration + 1 < max_iterations:
             margin_value, gradient, _ = input_gradient(model, point, margin)
+    return point, clamped
+
+
+def _nearest_on_boundary(
+    model: Model,
+    x: Tensor,
+    margin: _PairMargin,
+    start: Tensor,
+    start_clamped: Tensor,
+    tolerance: float,
+    max_iterations: int,
+    clamp: tuple[float, float] | None,
+    refinements: int,
+) -> tuple[Tensor, Tensor]:
+    """The closest boundary points found from ``start`` (see ``"nearest"`` in :func:`counterfactual`):
+    returns the (B, ...) points and (B,) clamped.
+
+    Each sample keeps its own fraction of the way to the projection: 1/2, halved whenever the point
+    it leads to is not closer (past a kink of a piecewise-linear boundary a long move lands farther).
+    """
+    tiny = torch.finfo(x.dtype).tiny
+    point, clamped = start, start_clamped
+    value, gradient, _ = input_gradient(model, point, margin)
+    distance = torch.where(value.abs() <= tolerance, _flat_norm(point - x), torch.inf)
+    fraction = torch.full_like(distance, 0.5)
+    for _ in range(refinements):
+        linear_at_x = value + (gradient * (x - point)).flatten(1).sum(dim=1)
+        projection = (
+            x - _expand(linear_at_x / (_flat_norm(gradient) ** 2).clamp_min(tiny), gradient) * gradient
+        )
+        candidate = point + _expand(fraction, x) * (projection - point)
+        candidate_clamped = clamped
+        if clamp is not None:
+            clipped = candidate.clamp(*clamp)
+            candidate_clamped = clamped | (clipped != candidate).flatten(1).any(dim=1)
+            candidate = clipped
+        candidate_value, candidate_gradient, _ = input_gradient(model, candidate, margin)
+        landed, landed_clamped = _newton_to_boundary(
+            model, candidate, margin, candidate_value, candidate_gradient, tolerance, max_iterations, clamp
+        )
+        landed_value, landed_gradient, _ = input_gradient(model, landed, margin)
+        landed_distance = _flat_norm(landed - x)
+        closer = (landed_value.abs() <= tolerance) & (landed_distance < distance)
+        point = torch.where(_expand(closer, x), landed, point)
+        clamped = torch.where(closer, landed_clamped | candidate_clamped, clamped)
+        value = torch.where(closer, landed_value, value)
+        gradient = torch.where(_expand(closer, gradient), landed_gradient, gradient)
+        distance = torch.where(closer, landed_distance, distance)
+        fraction = torch.where(closer, fraction, fraction / 2)
+        if bool((fraction < 2**-6).all()):
+            break
     return point, clamped
 
 

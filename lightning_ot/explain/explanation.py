@@ -25,7 +25,11 @@ from lightning_ot.explain.counterfactual import (
     _transport,
 )
 
-__all__ = ["Certificate", "Explanation", "explain"]
+__all__ = ["BoundarySearch", "Certificate", "Explanation", "explain"]
+
+BoundarySearch = Literal["newton", "nearest"]
+"""How :func:`explain` finds the boundary counterfactual: Newton steps along the gradient, or the
+nearest boundary point found from where they land."""
 
 Certificate = Callable[[Tensor], Tensor] | float
 """A certificate: a callable mapping (B, C) logits to (B,) certified L2 radii (e.g.
@@ -53,7 +57,9 @@ class Explanation:
         transports: (B, T, ...) ``x - t grad g / ||grad g||`` for ``t`` in ``step_sizes`` times ``t_b``.
         transport_flipped: (B, T) whether each transport's predicted class differs from ``k``.
         counterfactual: (B, ...) the boundary counterfactual: Newton steps on ``g`` from ``x`` until
-            ``|g| <= tolerance`` (or ``max_iterations``).
+            ``|g| <= tolerance`` (or ``max_iterations``), or with ``boundary_search="nearest"`` the
+            nearest boundary point found from there (``"nearest"`` mode of
+            :func:`~lightning_ot.explain.counterfactual`).
         boundary_distance: (B,) ``||counterfactual - x||``.
         flipped: (B,) whether the counterfactual's predicted class differs from ``k``.
         on_boundary: (B,) whether ``|g(counterfactual)| <= tolerance``.
@@ -143,6 +149,8 @@ def explain(
     clamp: tuple[float, float] | None = None,
     tolerance: float = 1e-3,
     max_iterations: int = 10,
+    boundary_search: BoundarySearch = "newton",
+    refinements: int = 20,
 ) -> Explanation:
     """Explain the predictions of ``model`` on ``inputs``: one forward pass and its backward passes
     give the prediction, the margin, the saliency ``grad f_k`` and the transport direction
@@ -163,6 +171,11 @@ def explain(
         clamp: ``(low, high)`` data range to clamp transports and counterfactuals to.
         tolerance: ``|g|`` below which the counterfactual is on the boundary.
         max_iterations: Newton steps of the boundary counterfactual at most.
+        boundary_search: ``"newton"``: the boundary counterfactual is where Newton steps along the
+            gradient land; ``"nearest"``: the nearest boundary point found from there (a minimal
+            counterfactual, and a closer upper bound of the distance to the boundary, so a lower
+            ``tightness``; up to ``3 * refinements`` more backward passes).
+        refinements: rounds of the ``"nearest"`` search at most.
 
     Returns:
         An :class:`Explanation` (tensors on the inputs' device, detached).
@@ -176,7 +189,9 @@ def explain(
         (tensor([1]), tensor([1.4000]), tensor([1.4000]), tensor([1.]))
     """
     check_input(inputs, "inputs")
-    _check_transport_options("steps", step_sizes, tolerance, max_iterations, clamp)
+    _check_transport_options("steps", step_sizes, tolerance, max_iterations, clamp, refinements)
+    if boundary_search not in ("newton", "nearest"):
+        raise ValueError(f"`boundary_search` must be 'newton' or 'nearest', got {boundary_search!r}")
     if not callable(certificate) and not (isinstance(certificate, int | float) and certificate > 0):
         raise ValueError(
             f"`certificate` must be a callable logits -> radii or a Lipschitz constant > 0, got {certificate!r}"
@@ -210,7 +225,8 @@ def explain(
         pair_margin = _PairMargin(source, target_t, binary)
         first = (model, inputs, pair_margin, margin, pair_gradient)
         steps = _transport(*first, "steps", step_sizes, True, tolerance, max_iterations, clamp)
-        boundary = _transport(*first, "boundary", step_sizes, True, tolerance, max_iterations, clamp)
+        mode = "boundary" if boundary_search == "newton" else "nearest"
+        boundary = _transport(*first, mode, step_sizes, True, tolerance, max_iterations, clamp, refinements)
 
     if callable(certificate):
         radius = torch.as_tensor(certificate(detached)).detach().reshape(-1).to(inputs.device)

@@ -150,6 +150,13 @@ def test_validate_under_inference_mode_without_logger_writes_pngs(tmp_path):
     assert callback.last_metrics["pair_gradient_norm"] == pytest.approx(float(pair.quantile(0.5)))
     assert callback.last_metrics["pair_gradient_norm"] <= math.sqrt(2) + 1e-4
     assert callback.last_metrics["tightness"] >= 1 - 1e-3  # the certificate holds
+    # the nearest boundary points found are no farther than Newton's, and no closer than certified
+    nearest = ExplanationCallback(num_samples=4, step_sizes=(1.0, 2.0), boundary_search="nearest")
+    nearest.inputs, nearest.labels = callback.inputs, callback.labels
+    found = nearest.explain(model)
+    newton = callback.last_explanation
+    assert (found["explanation"].boundary_distance <= newton.boundary_distance + 1e-5).all()
+    assert 1 - 1e-3 <= found["metrics"]["tightness"] <= callback.last_metrics["tightness"] + 1e-5
 
 
 def test_every_n_epochs_and_sanity_check_are_respected(tmp_path):
@@ -193,6 +200,8 @@ def test_binary_model_and_bad_arguments(tmp_path):
         ExplanationCallback(every_n_epochs=0)
     with pytest.raises(ValueError, match="clamp"):
         ExplanationCallback(clamp=(1.0, 0.0))
+    with pytest.raises(ValueError, match="boundary_search"):
+        ExplanationCallback(boundary_search="closest")
 
 
 DDP_SCRIPT = """

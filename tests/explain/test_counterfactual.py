@@ -128,6 +128,71 @@ def test_clamping_to_the_data_range_is_reported_when_it_stops_the_transport():
     torch.testing.assert_close(blocked.images[:, 0, 0], torch.tensor([0.55, 0.55]))
 
 
+def relu_sum() -> nn.Module:
+    """``f(u, v) = relu(u) + relu(v) - 1``: its boundary is the segment from (1, 0) to (0, 1) and two rays."""
+    model = nn.Sequential(nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+        model[1].bias.fill_(-1.0)
+    return model
+
+
+def distance_to_relu_sum_boundary(x: torch.Tensor) -> torch.Tensor:
+    """Exact L2 distance from each (B, 2) point to ``{relu(u) + relu(v) = 1}``."""
+
+    def to_segment(start: torch.Tensor, end: torch.Tensor, unbounded: bool) -> torch.Tensor:
+        direction = end - start
+        t = ((x - start) @ direction) / direction.dot(direction)
+        t = t.clamp_min(0.0) if unbounded else t.clamp(0.0, 1.0)
+        return (x - (start + t[:, None] * direction)).norm(dim=1)
+
+    corner_u, corner_v = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    return torch.stack(
+        [
+            to_segment(corner_u, corner_v, unbounded=False),
+            to_segment(corner_u, torch.tensor([1.0, -1.0]), unbounded=True),  # u = 1, v <= 0
+            to_segment(corner_v, torch.tensor([-1.0, 1.0]), unbounded=True),  # v = 1, u <= 0
+        ]
+    ).amin(dim=0)
+
+
+def test_nearest_mode_finds_the_nearest_boundary_point_where_newton_steps_bend_away():
+    model = relu_sum()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 2, generator=generator) * torch.tensor([2.0, 1.0]) + torch.tensor([1.5, -0.5])
+    exact = distance_to_relu_sum_boundary(x)
+    newton = counterfactual(model, x, mode="boundary", tolerance=1e-5)
+    nearest = counterfactual(model, x, mode="nearest", tolerance=1e-5)
+    assert nearest.on_boundary.all()
+    assert nearest.images.shape == (64, 1, 2)
+    found = nearest.distances[:, 0]
+    assert (found >= exact - 1e-4).all()  # a point on the boundary: never closer than the exact distance
+    assert (found <= newton.distances[:, 0] + 1e-6).all()
+    assert (found <= 1.01 * exact).all()
+    assert (newton.distances[:, 0] > 1.05 * exact).float().mean() > 0.3  # where Newton lands farther
+    torch.testing.assert_close(nearest.step_sizes, newton.step_sizes)
+
+
+def test_nearest_mode_on_an_affine_function_is_the_projection():
+    model = unit_linear(6, seed=2)
+    x = torch.randn(8, 6)
+    newton = counterfactual(model, x, mode="boundary", tolerance=1e-5)
+    nearest = counterfactual(model, x, mode="nearest", tolerance=1e-5)
+    torch.testing.assert_close(nearest.images, newton.images, atol=1e-5, rtol=0)
+
+
+def test_nearest_mode_keeps_to_the_clamp_range():
+    model = relu_sum()
+    x = torch.tensor([[3.0, 0.2], [2.5, -0.4]])
+    result = counterfactual(model, x, mode="nearest", clamp=(-0.05, 3.0), tolerance=1e-5)
+    assert result.images.min() >= -0.05
+    assert result.on_boundary.all()
+    # the nearest boundary point (1, 0) of the first input lies inside the range: found
+    assert result.distances[0, 0] <= 1.01 * distance_to_relu_sum_boundary(x[:1])[0]
+    # the second input's is (1, -0.4), outside: clamping blocks the way there and is reported
+    assert result.clamped[1, 0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -135,6 +200,7 @@ def test_clamping_to_the_data_range_is_reported_when_it_stops_the_transport():
         ({"mode": "steps", "step_sizes": []}, "step_sizes"),
         ({"tolerance": 0.0}, "tolerance"),
         ({"clamp": (1.0, 0.0)}, "clamp"),
+        ({"mode": "nearest", "refinements": -1}, "refinements"),
         ({"target": 0, "source": 0}, "differ"),
         ({"target": 5}, r"\[0, 3\)"),
     ],

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from lightning_ot.data import DigitsDataModule
-from lightning_ot.explain import counterfactual, integrated_gradients, saliency, smoothgrad
+from lightning_ot.explain import counterfactual, explain, integrated_gradients, saliency, smoothgrad
 from lightning_ot.losses import SoftHKRLoss
-from lightning_ot.metrics import AverageStability, Deletion, Insertion, MuFidelity, Sparseness
+from lightning_ot.metrics import (
+    AverageStability,
+    Deletion,
+    Insertion,
+    MuFidelity,
+    Sparseness,
+    certified_radius,
+)
 from lightning_ot.models import LipschitzMLP
 
 
@@ -57,6 +64,26 @@ def test_boundary_transports_reach_the_boundary_or_flip(trained):
     walk = counterfactual(model, inputs, mode="steps", step_sizes=[0.5, 2.0], clamp=(0.0, 1.0))
     assert walk.flipped[:, 0].float().mean() < 0.1
     assert walk.flipped[:, 1].float().mean() > 0.8
+
+
+def test_nearest_boundary_points_lie_between_the_certificate_and_newton(trained):
+    model, inputs, _ = trained
+    logits = model(inputs).detach()
+    radius = certified_radius(logits, 1.0, "joint")
+    newton = counterfactual(model, inputs, mode="boundary", tolerance=1e-5)
+    nearest = counterfactual(model, inputs, mode="nearest", tolerance=1e-5)
+    assert nearest.on_boundary.all()
+    found = nearest.distances[:, 0]
+    # the certificate holds at the nearest point found (|g| <= 1e-5 there: within 1e-5 of the boundary)
+    assert (found >= radius - 1e-5).all()
+    assert (found <= newton.distances[:, 0] + 1e-6).all()
+    assert (found < newton.distances[:, 0] * 0.99).any()
+    # explain() with boundary_search="nearest" gives the same counterfactuals and their tightness
+    explained = explain(model, inputs, boundary_search="nearest", tolerance=1e-5)
+    torch.testing.assert_close(explained.boundary_distance, found)
+    torch.testing.assert_close(explained.tightness, found / radius)
+    with pytest.raises(ValueError, match="boundary_search"):
+        explain(model, inputs, boundary_search="closest")
 
 
 def test_metric_values_are_finite_in_range_and_favour_saliency_over_noise(trained):
