@@ -12,13 +12,21 @@ small matrix products, independent of the batch size), and the layer runs as one
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn.bounds import certify_weight
-from lightning_ot.nn.linear import bjorck_orthonormalize, retract_matrix_
+from lightning_ot.nn.linear import (
+    RETRACTED_KEY,
+    _RetractionMarks,
+    _training_orthonormalization,
+    bjorck_orthonormalize,
+    retract_matrix_,
+)
 
 __all__ = ["OrthogonalConv2d", "compose_kernels"]
 
@@ -196,6 +204,7 @@ class OrthogonalConv2d(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._cache = WeightCache()
+        self._retracted = _RetractionMarks()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -218,9 +227,9 @@ class OrthogonalConv2d(nn.Module):
         step = self.stride[0]
         if self.orthogonal is None:
             assert self.reshaped is not None
-            block = bjorck_orthonormalize(self.reshaped, self.iterations)
+            block = _training_orthonormalization(self.reshaped, self.iterations, self._retracted)
             return block.reshape(self.out_channels, self.in_channels, step, step)
-        kernel = bjorck_orthonormalize(self.orthogonal, self.iterations)
+        kernel = _training_orthonormalization(self.orthogonal, self.iterations, self._retracted)
         if step == 1:
             # the projection steps multiply from the output side: keep only the input columns used
             kernel = kernel[:, : self.in_channels]
@@ -233,7 +242,7 @@ class OrthogonalConv2d(nn.Module):
         if step == 1:
             return kernel[: self.out_channels].contiguous()
         assert self.reshaped is not None
-        block = bjorck_orthonormalize(self.reshaped, self.iterations)
+        block = _training_orthonormalization(self.reshaped, self.iterations, self._retracted)
         block = block.reshape(self.out_channels, self.in_channels, step, step)
         return compose_kernels(kernel, block)
 
@@ -242,12 +251,40 @@ class OrthogonalConv2d(nn.Module):
 
         The projections' matrices keep their column span, hence their projectors ``Q Q^T``. Where
         their bases come from a QR decomposition (on a CPU), which costs the same whatever their
-        conditioning, they are left alone.
+        conditioning, they are left alone. Until the next change of a retracted matrix, training
+        forwards use it as it is, its gradient projected on the tangent space (as
+        :meth:`OrthogonalLinear.retract_ <lightning_ot.nn.OrthogonalLinear.retract_>`); the
+        projections' bases are always orthonormalized.
         """
         for source in self._sources():
             if source is self.projections and _bases_by_qr(source.device):
                 continue
             retract_matrix_(source, steps)
+            if source is not self.projections:
+                self._retracted.mark(source)
+
+    def _matrices_used_as_retracted(self) -> list[Tensor]:
+        return [source for source in self._sources() if source is not self.projections]
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        retracted = state_dict.pop(prefix + RETRACTED_KEY, None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._retracted.load(self._matrices_used_as_retracted(), retracted)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._retracted.save(self._matrices_used_as_retracted(), destination, prefix)
 
     @property
     def weight(self) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,6 +358,106 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     return result.to(input_dtype)
 
 
+class _TangentProjection(torch.autograd.Function):
+    """Identity forward; the backward projects the gradient onto the tangent space at the input of the
+    manifold of matrices with orthonormal rows (wide) or columns (tall).
+
+    For a wide ``W`` with ``W W^T = I`` that is ``G - 0.5 (G W^T + W G^T) W``: the derivative of the
+    orthonormalization ``(W W^T)^(-1/2) W`` at ``W`` applied to ``G``, i.e. the gradient that
+    Björck's iteration run to convergence would give. Shape: (*, out, in).
+    """
+
+    @staticmethod
+    def forward(matrix: Tensor) -> Tensor:
+        return matrix.view_as(matrix)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
+        (matrix,) = ctx.saved_tensors
+        wide = matrix.shape[-2] <= matrix.shape[-1]
+        weight, grad = (matrix, grad_output) if wide else (matrix.mT, grad_output.mT)
+        outer = grad @ weight.mT
+        projected = _add_product(grad, outer + outer.mT, weight, beta=1.0, alpha=-0.5)
+        return projected if wide else projected.mT
+
+
+class _RetractionMarks:
+    """Which parameters hold exactly the values a retraction wrote.
+
+    Such a matrix has its singular values in [0, 1] (one Björck step from a start below sqrt 3, see
+    :func:`bjorck_orthonormalize`) and close to 1, so a training forward may use it as it is. A
+    parameter is fresh while its version counter is the one the retraction left, or, after an
+    in-place write of the same values (DDP's broadcast of rank 0's parameters, a reload), while it
+    equals the copy kept of them. Copies and pickles of the layer start empty.
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
+
+    def mark(self, parameter: Tensor) -> None:
+        self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, parameter.detach().clone())
+
+    def fresh(self, parameter: Tensor) -> bool:
+        entry = self._marks.get(id(parameter))
+        if entry is None or entry[0]() is not parameter:
+            return False
+        if entry[1] == parameter._version:
+            return True
+        values = entry[2]
+        same = (
+            values.shape == parameter.shape
+            and values.dtype == parameter.dtype
+            and values.device == parameter.device
+            and torch.equal(values, parameter.detach())
+        )
+        if same:
+            self._marks[id(parameter)] = (entry[0], parameter._version, values)
+        else:
+            del self._marks[id(parameter)]
+        return same
+
+    def save(self, parameters: list[Tensor], destination: dict[str, Any], prefix: str) -> None:
+        """Add ``RETRACTED_KEY`` to a state dict when every one of ``parameters`` is fresh."""
+        if parameters and all(self.fresh(parameter) for parameter in parameters):
+            destination[prefix + RETRACTED_KEY] = torch.tensor(True)
+
+    def load(self, parameters: list[Tensor], flag: Tensor | None) -> None:
+        """Mark ``parameters`` fresh after ``load_state_dict`` when the state dict said they were."""
+        if flag is not None and bool(flag):
+            for parameter in parameters:
+                self.mark(parameter)
+
+    def __deepcopy__(self, memo: dict) -> _RetractionMarks:
+        return _RetractionMarks()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._marks = {}
+
+
+def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _RetractionMarks) -> Tensor:
+    """:func:`bjorck_orthonormalize` of ``parameter``, or, while it holds what a retraction wrote and
+    autograd records it, the parameter itself with its gradient projected on the tangent space (no
+    Björck step forward or backward: the retraction after the optimizer step does the work)."""
+    as_it_is = (
+        marks.fresh(parameter)
+        and torch.is_grad_enabled()
+        and parameter.requires_grad
+        and not is_transformed(parameter)
+        and not torch.compiler.is_compiling()
+        and torch.autograd.forward_ad.unpack_dual(parameter).tangent is None
+    )
+    if as_it_is:
+        return _TangentProjection.apply(parameter)
+    return bjorck_orthonormalize(parameter, iterations)
+
+
 @torch.no_grad()
 def retract_matrix_(parameter: Tensor, steps: int = 1) -> Tensor:
     """Replace ``parameter`` in place by ``steps`` Björck steps of itself; return it.
@@ -388,6 +489,10 @@ class BjorckOrthogonalization(nn.Module):
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}"
 
+
+#: State-dict key (under the layer's prefix) saying that the raw matrices are what a retraction wrote,
+#: present only then, so that a resumed fit trains on them as the uninterrupted one does.
+RETRACTED_KEY = "retracted"
 
 #: State-dict key (under the layer's prefix) of the raw weight in versions that parametrized it with
 #: ``torch.nn.utils.parametrize``; :class:`OrthogonalLinear` loads it as ``weight_orig``.
@@ -451,6 +556,7 @@ class OrthogonalLinear(nn.Linear):
             self.register_parameter("bias", None)
         self.weight_orig = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self._cache = WeightCache()
+        self._retracted = _RetractionMarks()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -460,12 +566,20 @@ class OrthogonalLinear(nn.Linear):
         self._cache.clear()
 
     def compute_weight(self) -> Tensor:
-        """(out_features, in_features) Björck orthonormalization of ``weight_orig``, differentiable."""
-        return bjorck_orthonormalize(self.weight_orig, self.iterations)
+        """(out_features, in_features) Björck orthonormalization of ``weight_orig``, differentiable
+        (``weight_orig`` itself, gradient projected, right after :meth:`retract_`)."""
+        return _training_orthonormalization(self.weight_orig, self.iterations, self._retracted)
 
     def retract_(self, steps: int = 1) -> None:
-        """Move ``weight_orig`` toward orthonormal without changing ``weight`` (see :func:`retract_weights_`)."""
+        """Move ``weight_orig`` toward orthonormal without changing ``weight`` (see :func:`retract_weights_`).
+
+        Until ``weight_orig`` changes again (the next optimizer step), training forwards use it as
+        it is: its singular values are in [0, 1] and near 1, and its gradient is projected on the
+        tangent space of the orthonormal matrices at it, which is the gradient of the
+        orthonormalization there. No Björck step runs in the forward or the backward.
+        """
         retract_matrix_(self.weight_orig, steps)
+        self._retracted.mark(self.weight_orig)
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
@@ -489,10 +603,16 @@ class OrthogonalLinear(nn.Linear):
         old_key = prefix + _PARAMETRIZED_WEIGHT_KEY
         if old_key in state_dict and prefix + "weight_orig" not in state_dict:
             state_dict[prefix + "weight_orig"] = state_dict.pop(old_key)
+        retracted = state_dict.pop(prefix + RETRACTED_KEY, None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._cache.clear()
+        self._retracted.load([self.weight_orig], retracted)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._retracted.save([self.weight_orig], destination, prefix)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, iterations={self.iterations}"

@@ -41,6 +41,7 @@ def make_model(seed: int) -> OTClassifier:
         optimizer=functools.partial(torch.optim.Adam, lr=2e-3),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=MAX_EPOCHS),
         certified_eps=(0.1, 0.5),
+        retraction_steps=1,  # training then uses the retracted matrices: a resume must too
     )
 
 

@@ -58,17 +58,22 @@ def test_retraction_keeps_the_weight_and_straightens_the_raw_matrices(name: str)
     projections = getattr(layer, "projections", None)
     raw = [p for p in layer.parameters() if p.ndim >= 2 and p is not projections]
     projections_before = None if projections is None else projections.detach().clone()
-    before_weight = layer.compute_weight().detach()
+    with torch.no_grad():  # the orthonormalized weight (a training forward uses retracted matrices raw)
+        before_weight = layer.compute_weight()
     before_deviation = max(_deviation(parameter.detach()) for parameter in raw)
     assert before_deviation > 0.3
 
     assert retract_weights_(layer, steps=1) == 1
     after_one = max(_deviation(parameter.detach()) for parameter in raw)
-    torch.testing.assert_close(layer.compute_weight().detach(), before_weight, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.compute_weight(), before_weight, atol=1e-6, rtol=0)
     assert after_one < before_deviation
+    # one Björck step from the starting scale leaves every singular value <= 1: a 1-Lipschitz forward
+    assert max(float(torch.linalg.matrix_norm(parameter.detach(), 2).max()) for parameter in raw) <= 1 + 1e-12
 
     retract_weights_(layer, steps=4)
-    torch.testing.assert_close(layer.compute_weight().detach(), before_weight, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.compute_weight(), before_weight, atol=1e-6, rtol=0)
     assert max(_deviation(parameter.detach()) for parameter in raw) < 1e-3
     if projections is not None:
         assert torch.equal(projections.detach(), projections_before)
@@ -97,10 +102,12 @@ def test_networks_compute_the_same_function_after_retraction() -> None:
     resnet = LipschitzResNet(in_channels=1, num_outputs=10, width_multiplier=0.25, stage_blocks=(1, 1, 1, 1))
     for network, inputs in ((tight, torch.rand(4, 1, 28, 28)), (resnet, torch.rand(4, 1, 32, 32))):
         _drift_(network, seed=2)
-        before = network(inputs).detach()
+        with torch.no_grad():  # the orthonormalized weights (training forwards use retracted ones raw)
+            before = network(inputs)
         count = retract_weights_(network)
         assert count == sum(isinstance(m, OrthogonalLinear | OrthogonalConv2d) for m in network.modules()) > 3
-        torch.testing.assert_close(network(inputs).detach(), before, atol=2e-5, rtol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(network(inputs), before, atol=2e-5, rtol=1e-5)
 
 
 def test_a_bjorck_parametrized_weight_is_retracted() -> None:
@@ -136,10 +143,104 @@ def test_after_every_adam_step_a_retraction_keeps_the_forward_at_few_bjorck_step
             if retract:
                 retract_weights_(layer)
         steps[retract] = _forward_steps(layer.weight_orig)
-        # the weight is orthonormal either way: only the cost of getting there differs
-        assert _deviation(layer.weight.detach()) < 1e-3
+        # the eval weight is orthonormal either way: only the cost of getting there differs
+        with torch.no_grad():
+            assert _deviation(layer.weight) < 1e-3
+        if retract:  # the training weight is the retracted matrix itself: 1-Lipschitz, near orthonormal
+            assert torch.equal(layer.weight.detach(), layer.weight_orig.detach())
+            assert float(torch.linalg.matrix_norm(layer.weight_orig.detach(), 2)) <= 1 + 1e-6
+            assert _deviation(layer.weight_orig.detach()) < 2e-2
     assert steps[False] >= 6, steps
     assert steps[True] <= 3, steps
+
+
+def _graph_functions(tensor: torch.Tensor) -> set[str]:
+    """Names of the autograd functions that computed ``tensor``."""
+    names, stack = set(), [tensor.grad_fn]
+    while stack:
+        function = stack.pop()
+        if function is not None:
+            names.add(type(function).__name__)
+            stack.extend(next_function for next_function, _ in function.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", ["linear wide", "linear tall"])
+def test_after_a_retraction_training_uses_the_raw_matrix_and_the_tangent_gradient(name: str) -> None:
+    """Until the next change, a retracted matrix is the training weight as it is (no Björck step),
+    and its gradient is the tangent projection: the gradient of the orthonormalization there."""
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    _drift_(layer, seed=2)
+    retract_weights_(layer, steps=8)  # near orthonormal, where the tangent projection is Björck's limit
+    weight = layer.compute_weight()
+    assert torch.equal(weight.detach(), layer.weight_orig.detach())
+    assert "_BjorckFunctionBackward" not in _graph_functions(weight)
+    direction = torch.randn(weight.shape, dtype=torch.float64)
+    (raw,) = torch.autograd.grad((weight * direction).sum(), layer.weight_orig)
+    converged = linear_module.bjorck_orthonormalize(layer.weight_orig, 30, None)
+    (through_bjorck,) = torch.autograd.grad((converged * direction).sum(), layer.weight_orig)
+    torch.testing.assert_close(raw, through_bjorck, atol=1e-8, rtol=1e-6)
+    # an optimizer step changes the matrix: the training forward orthonormalizes it again
+    with torch.no_grad():
+        layer.weight_orig.mul_(1.5)
+    weight = layer.compute_weight()
+    assert "_BjorckFunctionBackward" in _graph_functions(weight)
+    torch.testing.assert_close(weight.detach(), layer.weight_orig.detach() / 1.5, atol=1e-6, rtol=0)
+
+
+def test_retracted_convolutions_skip_bjorck_in_training() -> None:
+    for name in ("conv 3x3 (BCOP)", "conv 2x2 stride 2", "conv 4x4 stride 2"):
+        layer = LAYERS[name]()
+        _drift_(layer, seed=4)
+        assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
+        retract_weights_(layer, steps=8)
+        kernel = layer.compute_weight()
+        assert "_BjorckFunctionBackward" not in _graph_functions(kernel), name
+        with torch.no_grad():
+            torch.testing.assert_close(kernel.detach(), layer.compute_weight(), atol=1e-6, rtol=0)
+
+
+def test_copies_of_a_retracted_layer_orthonormalize_their_own_matrices() -> None:
+    import copy
+    import pickle
+
+    layer = OrthogonalLinear(24, 40, dtype=torch.float64)
+    _drift_(layer, seed=3)
+    retract_weights_(layer, steps=1)  # still far from orthonormal
+    assert torch.equal(layer.compute_weight().detach(), layer.weight_orig.detach())
+    for duplicate in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        weight = duplicate.compute_weight().detach()
+        assert not torch.allclose(weight, duplicate.weight_orig.detach(), atol=1e-3)
+        torch.testing.assert_close(weight.T @ weight, torch.eye(24, dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_state_dicts_carry_the_retraction_so_that_a_resume_trains_alike() -> None:
+    for make in (LAYERS["linear wide"], LAYERS["conv 3x3 (BCOP)"], LAYERS["conv 2x2 stride 2"]):
+        layer = make()
+        assert "retracted" not in layer.state_dict()  # nothing new unless retracted
+        _drift_(layer, seed=5)
+        retract_weights_(layer, steps=1)
+        state = layer.state_dict()
+        assert bool(state["retracted"])
+        fresh = make()
+        fresh.load_state_dict(state)  # strict: the key is known
+        assert "_BjorckFunctionBackward" not in _graph_functions(fresh.compute_weight())
+        torch.testing.assert_close(fresh.compute_weight(), layer.compute_weight())
+        plain = make()
+        plain.load_state_dict({key: value for key, value in state.items() if key != "retracted"})
+        assert "_BjorckFunctionBackward" in _graph_functions(plain.compute_weight())
+        with torch.no_grad():
+            layer.bias.add_(0.0)  # a bias is not retracted: the flag stays
+        assert "retracted" in layer.state_dict()
+        matrix = layer._sources()[0] if isinstance(layer, OrthogonalConv2d) else layer.weight_orig
+        with torch.no_grad():
+            matrix.copy_(matrix.clone())  # the same values written again (as DDP's broadcast does)
+        assert "retracted" in layer.state_dict()
+        with torch.no_grad():
+            matrix.mul_(1.01)
+        assert "retracted" not in layer.state_dict()  # changed: no longer what was retracted
+        assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
 
 
 def test_bad_steps_are_refused() -> None:
