@@ -385,6 +385,11 @@ class _TangentProjection(torch.autograd.Function):
         return projected if wide else projected.mT
 
 
+#: Largest root mean square of ``lambda - 1`` over a retracted matrix's Gram eigenvalues for which
+#: training forwards use the matrix as it is (about 1 % on its singular values).
+MAX_RETRACTED_DEVIATION = 0.02
+
+
 class _RetractionMarks:
     """Which parameters hold exactly the values a retraction wrote.
 
@@ -399,7 +404,19 @@ class _RetractionMarks:
         self._marks: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
 
     def mark(self, parameter: Tensor) -> None:
-        self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, parameter.detach().clone())
+        """Mark ``parameter`` fresh if it is near orthonormal: the root mean square of ``lambda - 1``
+        over the eigenvalues of its Gram matrix at most ``MAX_RETRACTED_DEVIATION`` (early in
+        training one retraction step can leave singular values far below 1: Björck's iteration then
+        still runs in the forward)."""
+        matrix = parameter.detach()
+        wide = matrix if matrix.shape[-2] <= matrix.shape[-1] else matrix.mT
+        gram = wide @ wide.mT
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        deviation = float(((gram - eye).square().sum(dim=(-2, -1)) / gram.shape[-1]).sqrt().max())
+        if deviation <= MAX_RETRACTED_DEVIATION:
+            self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, matrix.clone())
+        else:
+            self._marks.pop(id(parameter), None)
 
     def fresh(self, parameter: Tensor) -> bool:
         entry = self._marks.get(id(parameter))
@@ -430,6 +447,8 @@ class _RetractionMarks:
         if flag is not None and bool(flag):
             for parameter in parameters:
                 self.mark(parameter)
+                if not self.fresh(parameter):  # what was saved as retracted is retracted
+                    raise RuntimeError("a matrix saved as retracted is not near orthonormal")
 
     def __deepcopy__(self, memo: dict) -> _RetractionMarks:
         return _RetractionMarks()

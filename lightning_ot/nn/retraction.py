@@ -7,9 +7,21 @@ learning rate 5e-3), so that Björck's iteration needs 10-12 steps, forward and 
 training step, instead of one. Replacing ``W`` by a Björck step of itself leaves the polar factor,
 hence the network's function, unchanged (the step changes the singular values, not the singular
 vectors) and brings the singular values back toward 1: one such step after every optimizer step,
-without autograd, keeps the training forward at a single Björck step. This is the polar retraction
+without autograd, keeps the raw matrices near orthonormal. This is the polar retraction
 of optimization on the Stiefel manifold (Absil, Mahony and Sepulchre, *Optimization Algorithms on
 Matrix Manifolds*, 2008, section 4.1), applied after an unconstrained step.
+
+Until a retracted matrix changes again, the layers' training forwards use it as it is, provided it
+is near orthonormal (root mean square of ``lambda - 1`` over its Gram eigenvalues <= 0.02; early in
+training, when one retraction step leaves singular values far below 1, Björck's iteration still
+runs): one Björck step from a start below ``sqrt 3`` leaves every singular value in [0, 1], so the
+training network is 1-Lipschitz. Its gradient is projected on the tangent
+space of the orthonormal matrices at it, ``G - 0.5 (G W^T + W G^T) W``, which is the gradient of
+the orthonormalization there (the projected gradient of manifold optimization): no Björck step runs
+forward or backward, only the retraction's. Eval forwards, certificates, explanations and exports
+still use the fully orthonormalized, certified weights. The mark is kept in the state dict (key
+``retracted``, only when set) and survives an in-place write of the same values, so a resumed fit
+and DDP's broadcast train exactly as the uninterrupted fit does.
 """
 
 from __future__ import annotations
@@ -30,8 +42,9 @@ def retract_weights_(module: nn.Module, steps: int = 1) -> int:
     :class:`~lightning_ot.nn.OrthogonalConv2d`) and to the original of every weight parametrized by
     :class:`~lightning_ot.nn.BjorckOrthogonalization` alone. The module computes the same function
     afterwards (to float32 rounding, about 1e-6 relative); only the raw parameters move, toward the
-    orthonormal matrices they stand for, so the next training forward needs fewer Björck steps.
-    Call it after ``optimizer.step()``; ``OTClassifier(retraction_steps=1)`` does.
+    orthonormal matrices they stand for, and the next training forward uses them as they are (see
+    the module docstring). Call it after ``optimizer.step()``; ``OTClassifier(retraction_steps=1)``
+    does.
 
     Args:
         module: any module; submodules without orthogonal layers are left alone.
@@ -47,7 +60,7 @@ def retract_weights_(module: nn.Module, steps: int = 1) -> int:
         >>> with torch.no_grad():
         ...     _ = layer.weight_orig.mul_(torch.linspace(0.2, 2.0, 8))  # drifted columns
         >>> x = torch.randn(3, 8)
-        >>> before = layer(x)
+        >>> before = layer.eval()(x)  # the orthonormalized weight
         >>> retract_weights_(layer, steps=3)
         1
         >>> torch.allclose(layer(x), before, atol=1e-5)
