@@ -56,6 +56,27 @@ def _normalizing_scale(gram: Tensor) -> Tensor:
 _MAX_START_RATIO = 2.5
 
 
+def _quick_starting_scale(gram: Tensor) -> Tensor | None:
+    """:func:`_starting_scale`'s ``1 / sqrt(e)`` from the Gram matrix alone when that is enough, else None.
+
+    ``e = ||G||_F^2 / tr(G)`` (the mean of the eigenvalues weighted by themselves) is a lower bound
+    of ``lambda_max``, and the largest absolute row sum ``||G||_inf`` an upper bound; when the upper
+    bound is within ``_MAX_START_RATIO`` of ``e``, ``e`` meets :func:`_starting_scale`'s guarantee
+    without the matrix powers. That is the case for near-orthonormal matrices (retracted ones, or any
+    after the first steps of training), for which this costs O(m^2) instead of two m x m x m products.
+    It reads numbers back and depends on the values, so only the retraction uses it (on a CPU): any
+    scale leaves a retraction's polar factor unchanged, while the layers' forwards must compute the
+    same function under every transform.
+    """
+    tiny = torch.finfo(gram.dtype).tiny
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+    estimate = gram.square().sum(dim=(-2, -1), keepdim=True) / trace.clamp_min(tiny)
+    upper = gram.abs().sum(dim=-1).amax(dim=-1)[..., None, None]
+    if bool((trace > 0).all()) and bool((upper <= _MAX_START_RATIO * estimate).all()):
+        return estimate.rsqrt()
+    return None
+
+
 def _starting_scale(gram: Tensor) -> Tensor:
     """``1 / sqrt(e)`` for an estimate ``e <= lambda_max`` of each Gram matrix's largest eigenvalue (no grad).
 
@@ -105,7 +126,11 @@ class _BjorckTrace:
 
 
 def _bjorck_steps(
-    matrix: Tensor, iterations: int, tolerance: float | None, trace: _BjorckTrace | None = None
+    matrix: Tensor,
+    iterations: int,
+    tolerance: float | None,
+    trace: _BjorckTrace | None = None,
+    quick_start: bool = False,
 ) -> Tensor:
     """Björck's iteration on a wide ``matrix`` (``m <= n``), after scaling its top singular value near 1.
 
@@ -114,7 +139,11 @@ def _bjorck_steps(
     """
     gram = matrix @ matrix.mT
     # with at least one step, the estimate of the top singular value may start it a little above 1
-    scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
+    quick = _quick_starting_scale(gram) if quick_start and iterations > 0 else None
+    if quick is not None:
+        scale = quick
+    else:
+        scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
     gram = gram * scale.square()
     matrix = matrix * scale
     if trace is not None:
@@ -484,11 +513,18 @@ def retract_matrix_(parameter: Tensor, steps: int = 1) -> Tensor:
     A Björck step maps each singular value ``s`` to ``1.5 s - 0.5 s^3`` and keeps the singular
     vectors, so the orthonormalization of the result (its polar factor) is that of ``parameter``: the
     layer built from it computes the same function (to float32 rounding), while the raw matrix moves
-    toward its orthonormal limit. Shape: (*, out, in), unchanged.
+    toward its orthonormal limit. Every singular value ends in [0, 1]. On a CPU a near-orthonormal
+    matrix is scaled from its Gram matrix alone (:func:`_quick_starting_scale`). Shape: (*, out, in),
+    unchanged.
     """
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}")
-    return parameter.copy_(bjorck_orthonormalize(parameter, steps, tolerance=None))
+    weight = parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
+    wide = weight.shape[-2] <= weight.shape[-1]
+    matrix = weight if wide else weight.mT
+    quick_start = matrix.device.type == "cpu" and not torch.compiler.is_compiling()
+    result = _bjorck_steps(matrix, steps, None, quick_start=quick_start)
+    return parameter.copy_(result if wide else result.mT)
 
 
 class BjorckOrthogonalization(nn.Module):

@@ -243,6 +243,33 @@ def test_state_dicts_carry_the_retraction_so_that_a_resume_trains_alike() -> Non
         assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
 
 
+@pytest.mark.parametrize(("spread", "quick_start"), [(0.05, True), (0.3, None), (0.6, False)])
+def test_a_near_orthonormal_matrix_is_retracted_from_its_gram_matrix_alone(
+    spread: float, quick_start: bool | None
+) -> None:
+    """The cheap start (no matrix powers) is taken when the Gram matrix bounds the top singular
+    value closely enough, and every singular value still ends <= 1 (the retraction's guarantee)."""
+    generator = torch.Generator().manual_seed(0)
+    left = torch.linalg.qr(torch.randn(64, 64, generator=generator, dtype=torch.float64)).Q
+    right = torch.linalg.qr(torch.randn(96, 64, generator=generator, dtype=torch.float64)).Q
+    singular_values = 1 + spread * (2 * torch.rand(64, generator=generator, dtype=torch.float64) - 1)
+    matrix = left @ torch.diag(singular_values) @ right.T  # 64 x 96
+    quick = linear_module._quick_starting_scale(matrix @ matrix.T)
+    if quick_start is not None:  # far from orthonormal, the powers are needed
+        assert (quick is not None) == quick_start
+    retracted = linear_module.retract_matrix_(matrix.clone())
+    after = torch.linalg.svdvals(retracted)
+    assert float(after.max()) <= 1 + 1e-12
+    assert float((1 - after).abs().max()) < float((1 - singular_values).abs().max())
+    # the polar factor, hence the layer's weight, is unchanged
+    torch.testing.assert_close(
+        linear_module.bjorck_orthonormalize(retracted, 30, None),
+        linear_module.bjorck_orthonormalize(matrix, 30, None),
+        atol=1e-9,
+        rtol=0,
+    )
+
+
 def test_bad_steps_are_refused() -> None:
     with pytest.raises(ValueError, match="steps"):
         retract_weights_(OrthogonalLinear(4, 4), steps=0)
