@@ -168,7 +168,10 @@ def compare(
         pretrain(model, input_shape, num_outputs, pretrain_steps, pretrain_lr, retraction_steps)
         title += f", after {pretrain_steps} Adam steps at lr {pretrain_lr:g}"
     if retraction_steps:
-        title += f", retracted after every step ({retraction_steps} Björck step, timed with the step)"
+        title += (
+            f", retracted after every step ({retraction_steps} Björck step, timed with the step; training "
+            "forwards then use the retracted matrices as they are)"
+        )
     print(
         f"\n== {title}: training step (forward + backward + Adam), median of {repeats} after {warmup} warm-up"
     )

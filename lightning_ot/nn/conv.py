@@ -12,8 +12,6 @@ small matrix products, independent of the batch size), and the layer runs as one
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,7 +19,7 @@ from torch import Tensor, nn
 from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn.bounds import certify_weight
 from lightning_ot.nn.linear import (
-    RETRACTED_KEY,
+    _RetractedState,
     _RetractionMarks,
     _training_orthonormalization,
     bjorck_orthonormalize,
@@ -95,7 +93,7 @@ def _projection_step(kernel: Tensor, basis: Tensor, dim: int) -> Tensor:
     return F.pad(projected, (0, 0, 0, 1)) + F.pad(rest, (0, 0, 1, 0))
 
 
-class OrthogonalConv2d(nn.Module):
+class OrthogonalConv2d(_RetractedState, nn.Module):
     """2-D convolution with an orthogonal kernel: 1-Lipschitz (certified) and norm-preserving.
 
     With stride 1 the convolution (on an unbounded or circular domain) is orthogonal when
@@ -263,28 +261,8 @@ class OrthogonalConv2d(nn.Module):
             if source is not self.projections:
                 self._retracted.mark(source)
 
-    def _matrices_used_as_retracted(self) -> list[Tensor]:
+    def _retractable_matrices(self) -> list[Tensor]:
         return [source for source in self._sources() if source is not self.projections]
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        retracted = state_dict.pop(prefix + RETRACTED_KEY, None)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        self._retracted.load(self._matrices_used_as_retracted(), retracted)
-
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        self._retracted.save(self._matrices_used_as_retracted(), destination, prefix)
 
     @property
     def weight(self) -> Tensor:

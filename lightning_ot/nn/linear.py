@@ -489,6 +489,27 @@ class _RetractionMarks:
         self._marks = {}
 
 
+class _RetractedState:
+    """Mixin for layers with :class:`_RetractionMarks` (``self._retracted``): state dicts say, under
+    ``RETRACTED_KEY``, whether the matrices of :meth:`_retractable_matrices` are what a retraction
+    wrote, and loading such a state dict marks them again (a resumed fit then trains as the
+    uninterrupted one)."""
+
+    _retracted: _RetractionMarks
+
+    def _retractable_matrices(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        retracted = state_dict.pop(prefix + RETRACTED_KEY, None)
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        self._retracted.load(self._retractable_matrices(), retracted)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        self._retracted.save(self._retractable_matrices(), destination, prefix)
+
+
 def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _RetractionMarks) -> Tensor:
     """:func:`bjorck_orthonormalize` of ``parameter``, or, while it holds what a retraction wrote and
     autograd records it, the parameter itself with its gradient projected on the tangent space (no
@@ -554,7 +575,7 @@ RETRACTED_KEY = "retracted"
 _PARAMETRIZED_WEIGHT_KEY = "parametrizations.weight.original"
 
 
-class OrthogonalLinear(nn.Linear):
+class OrthogonalLinear(_RetractedState, nn.Linear):
     """``nn.Linear`` whose weight is kept (semi-)orthogonal: 1-Lipschitz and norm-preserving.
 
     The trainable parameter is an unconstrained matrix ``weight_orig`` (out_features, in_features)
@@ -658,16 +679,13 @@ class OrthogonalLinear(nn.Linear):
         old_key = prefix + _PARAMETRIZED_WEIGHT_KEY
         if old_key in state_dict and prefix + "weight_orig" not in state_dict:
             state_dict[prefix + "weight_orig"] = state_dict.pop(old_key)
-        retracted = state_dict.pop(prefix + RETRACTED_KEY, None)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         self._cache.clear()
-        self._retracted.load([self.weight_orig], retracted)
 
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        self._retracted.save([self.weight_orig], destination, prefix)
+    def _retractable_matrices(self) -> list[Tensor]:
+        return [self.weight_orig]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, iterations={self.iterations}"
