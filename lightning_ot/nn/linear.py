@@ -426,7 +426,8 @@ class _RetractionMarks:
     :func:`bjorck_orthonormalize`) and close to 1, so a training forward may use it as it is. A
     parameter is fresh while its version counter is the one the retraction left, or, after an
     in-place write of the same values (DDP's broadcast of rank 0's parameters, a reload), while it
-    equals the copy kept of them. Copies and pickles of the layer start empty.
+    equals the copy kept of them (one copy of each marked matrix: memory of the size of those
+    parameters). Copies and pickles of the layer start empty.
     """
 
     def __init__(self) -> None:
@@ -475,9 +476,7 @@ class _RetractionMarks:
         """Mark ``parameters`` fresh after ``load_state_dict`` when the state dict said they were."""
         if flag is not None and bool(flag):
             for parameter in parameters:
-                self.mark(parameter)
-                if not self.fresh(parameter):  # what was saved as retracted is retracted
-                    raise RuntimeError("a matrix saved as retracted is not near orthonormal")
+                self.mark(parameter)  # checks again that it is near orthonormal
 
     def __deepcopy__(self, memo: dict) -> _RetractionMarks:
         return _RetractionMarks()
@@ -649,10 +648,11 @@ class OrthogonalLinear(_RetractedState, nn.Linear):
     def retract_(self, steps: int = 1) -> None:
         """Move ``weight_orig`` toward orthonormal without changing ``weight`` (see :func:`retract_weights_`).
 
-        Until ``weight_orig`` changes again (the next optimizer step), training forwards use it as
-        it is: its singular values are in [0, 1] and near 1, and its gradient is projected on the
-        tangent space of the orthonormal matrices at it, which is the gradient of the
-        orthonormalization there. No Björck step runs in the forward or the backward.
+        If it is then near orthonormal (see :mod:`lightning_ot.nn.retraction`), training forwards
+        use it as it is until it changes again (the next optimizer step): its singular values are
+        in [0, 1], and its gradient is projected on the tangent space of the orthonormal matrices
+        at it, which is the gradient of the orthonormalization there. No Björck step runs in the
+        forward or the backward.
         """
         retract_matrix_(self.weight_orig, steps)
         self._retracted.mark(self.weight_orig)
