@@ -21,7 +21,8 @@ the orthonormalization there (the projected gradient of manifold optimization): 
 forward or backward, only the retraction's. Eval forwards, certificates, explanations and exports
 still use the fully orthonormalized, certified weights. The mark is kept in the state dict (key
 ``retracted``, only when set) and survives an in-place write of the same values, so a resumed fit
-and DDP's broadcast train exactly as the uninterrupted fit does.
+and DDP's broadcast train exactly as the uninterrupted fit does. The nearness test reads one number
+back per matrix and retraction (a synchronization on an accelerator; not measured on a GPU).
 """
 
 from __future__ import annotations
