@@ -1,12 +1,12 @@
 """Cost and result of the two boundary searches: Newton's walk along the gradient against the nearest
 boundary point found from where it lands (``counterfactual(..., mode="nearest")``).
 
-    python benchmarks/boundary_search.py [--threads 1] [--repeats 5] [--refinements 10 20 40]
+    python benchmarks/boundary_search.py [--epochs 10] [--threads 1] [--repeats 5] [--refinements 10 20 40]
     python benchmarks/boundary_search.py --checkpoint CKPT --recipe mnist5k [--limit 1000]
 
-Without ``--checkpoint`` a small 1-Lipschitz MLP is trained for a few seconds on scikit-learn's 8x8
-digits (soft hKR) and its validation digits are explained; with one, the checkpoint's OTClassifier on
-the validation set of ``--recipe``. Printed for each search: the median wall time over ``--repeats``
+Without ``--checkpoint`` the quickstart recipe is trained for ``--epochs`` epochs (a few seconds) and
+its validation digits are explained; with one, the checkpoint's OTClassifier on the validation set
+of ``--recipe``. Printed for each search: the median wall time over ``--repeats``
 runs and its ratio to Newton's (measured in the same run, interleaved), and the median, 10th and 90th
 percentiles of the distance to the boundary point found over the certified radius (1 is tight; the
 certificate is a lower bound, each search an upper bound of the distance to the boundary).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,31 +26,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lightning_ot import OTClassifier
-from lightning_ot.data import DigitsDataModule
 from lightning_ot.explain import counterfactual
-from lightning_ot.losses import SoftHKRLoss
+from lightning_ot.explain_cli import validation_tensors
 from lightning_ot.metrics import certified_radius
-from lightning_ot.models import LipschitzMLP
 from lightning_ot.nn import cached_weights
 
 
-def trained_digits_mlp() -> tuple[torch.nn.Module, torch.Tensor]:
-    """A 64-(64 x 2)-10 orthogonal MLP trained 15 epochs on the 8x8 digits, and its validation digits."""
-    torch.manual_seed(0)
-    data = DigitsDataModule()
-    data.setup("fit")
-    inputs, labels = data.train_dataset.tensors
-    model = LipschitzMLP(64, 10, hidden_features=(64, 64))
-    loss = SoftHKRLoss(margin=0.5, hinge_weight=10.0, temperature=10.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for _ in range(15):
-        order = torch.randperm(len(inputs))
-        for start in range(0, len(inputs), 128):
-            batch = order[start : start + 128]
-            optimizer.zero_grad()
-            loss(model(inputs[batch]), labels[batch]).backward()
-            optimizer.step()
-    return model.eval(), data.val_dataset.tensors[0]
+def trained_quickstart(epochs: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The quickstart recipe's network trained ``epochs`` epochs (no logger, no checkpoint), and the
+    recipe's validation digits."""
+    from lightning_ot.fit import main as fit
+
+    with tempfile.TemporaryDirectory() as directory:
+        cli = fit(
+            [
+                "--recipe", "quickstart",
+                "--trainer.max_epochs", str(epochs),
+                "--trainer.logger", "false",
+                "--trainer.enable_checkpointing", "false",
+                "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false",
+                "--trainer.callbacks", "[]",
+                "--trainer.default_root_dir", directory,
+            ]
+        )  # fmt: skip
+    model = cli.model.backbone.eval()
+    return model, validation_tensors(cli.datamodule)[0]
 
 
 def checkpoint_model(path: Path, recipe: str, limit: int) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -73,11 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refinements", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=10, help="quickstart epochs without --checkpoint")
     options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
     if options.checkpoint is None:
-        model, inputs = trained_digits_mlp()
-        source = f"a 64-(64 x 2)-10 MLP trained on the 8x8 digits, {len(inputs)} validation digits"
+        model, inputs = trained_quickstart(options.epochs)
+        source = f"the quickstart network after {options.epochs} epochs, {len(inputs)} validation 8x8 digits"
     else:
         model, inputs = checkpoint_model(options.checkpoint, options.recipe, options.limit)
         source = f"{options.checkpoint.name}, {len(inputs)} validation inputs of {options.recipe}"
