@@ -514,12 +514,12 @@ def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _Ret
     autograd records it, the parameter itself with its gradient projected on the tangent space (no
     Björck step forward or backward: the retraction after the optimizer step does the work)."""
     as_it_is = (
-        marks.fresh(parameter)
+        not torch.compiler.is_compiling()  # first: the other tests read Python state dynamo would trace
         and torch.is_grad_enabled()
         and parameter.requires_grad
         and not is_transformed(parameter)
-        and not torch.compiler.is_compiling()
         and torch.autograd.forward_ad.unpack_dual(parameter).tangent is None
+        and marks.fresh(parameter)
     )
     if as_it_is:
         return _TangentProjection.apply(parameter)

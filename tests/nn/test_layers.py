@@ -21,6 +21,7 @@ from lightning_ot.nn import (
     compose_kernels,
     l2_norm_pool2d,
     lipschitz_audit,
+    retract_weights_,
 )
 from lightning_ot.nn.conv import _orthonormal_bases
 from lightning_ot.nn.linear import _bjorck_steps
@@ -311,6 +312,12 @@ def test_torch_compile_of_a_small_backbone() -> None:
     compiled = torch.compile(model, backend="aot_eager")
     x = torch.randn(3, 1, 4, 4)
     torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    assert model[0].orthogonal.grad is not None
+    # retracted matrices: eagerly used as they are; compiled, orthonormalized as before (same values)
+    retract_weights_(model, steps=8)
+    model.zero_grad()
+    torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
     compiled(x).sum().backward()
     assert model[0].orthogonal.grad is not None
 
