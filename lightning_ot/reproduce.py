@@ -51,9 +51,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_ot.explain import (
+    BoundarySearch,
     Explanation,
     caption_lines,
-    counterfactual,
     explain,
     heatmap_panels,
     image_panels,
@@ -268,16 +268,25 @@ def _explain_network(
     lipschitz: float | None,
     output_lipschitz: str,
     step_sizes: Sequence[float] = (1.0, 2.0),
+    boundary_search: BoundarySearch = "newton",
 ) -> Explanation:
     """:func:`~lightning_ot.explain.explain` with the certificate of Lipschitz bound ``lipschitz``
-    (NaN radii where there is none), boundary search of at most 10 Newton steps."""
+    (NaN radii where there is none), boundary search of at most 10 Newton steps (and, with
+    ``boundary_search="nearest"``, the nearest boundary point found from there)."""
     certificate: Any = lipschitz
     if lipschitz is None or not math.isfinite(lipschitz):
 
         def certificate(logits: Tensor) -> Tensor:
             return torch.full((logits.shape[0],), math.nan)
 
-    return explain(model, inputs, certificate, output_lipschitz=output_lipschitz, step_sizes=step_sizes)  # type: ignore[arg-type]
+    return explain(
+        model,
+        inputs,
+        certificate,
+        output_lipschitz=output_lipschitz,  # type: ignore[arg-type]
+        step_sizes=step_sizes,
+        boundary_search=boundary_search,
+    )
 
 
 def _explanation_scores(
@@ -374,12 +383,8 @@ def _measure(
     results.pair_gradient_norm = summary["pair_gradient_norm"]
     results.tightness = summary["tightness"]
     results.certified_radius = float(radius[:explained_count].mean())
-    nearest = counterfactual(model, sample, target=explanation.target, mode="nearest")
-    sample_radius = radius[:explained_count].to(nearest.distances.device)
-    found = (nearest.on_boundary | nearest.flipped)[:, 0] & (sample_radius > 0)
-    if bool(found.any()):
-        ratios = nearest.distances[found, 0] / sample_radius[found]
-        results.nearest_tightness = float(ratios.double().nanquantile(0.5))
+    nearest = _explain_network(model, sample, lipschitz, output_lipschitz, boundary_search="nearest")
+    results.nearest_tightness = nearest.summary()["tightness"]
 
     generator = torch.Generator(device=sample.device).manual_seed(seed)
     smooth = smoothgrad(model, sample, explained, num_samples=smoothgrad_samples, generator=generator)
