@@ -72,7 +72,7 @@ class OTClassifier(pl.LightningModule):
             the backbone's orthonormalized (eval) function does not change, its raw matrices stay
             near orthonormal, and the next training forward uses them as they are (singular values
             in [0, 1]), with the gradient projected on the tangent space: no Björck step forward or
-            backward (``NormPreservingConvNet``'s training step: 400 ms without, 75 ms with). ``0``
+            backward (``NormPreservingConvNet``'s training step: 400 ms without, 60 ms with). ``0``
             (default) never retracts.
 
     Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before

@@ -79,6 +79,13 @@ class WeightCache:
     def _key(sources: Sequence[Tensor]) -> tuple:
         return tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
 
+    @staticmethod
+    def recomputes(owner: nn.Module, sources: Sequence[Tensor]) -> bool:
+        """Whether :meth:`get` computes the weight afresh, differentiable (training mode with
+        gradients on, or sources seen through a ``torch.func`` transform), rather than cached."""
+        training = owner.training and torch.is_grad_enabled() and not _forced_caching
+        return training or any(is_transformed(source) for source in sources)
+
     def get(
         self,
         owner: nn.Module,
@@ -86,10 +93,9 @@ class WeightCache:
         compute: Callable[[], Tensor],
         certify: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        training = owner.training and torch.is_grad_enabled() and not _forced_caching
         # parameters seen through torch.func (functional_call under grad / vmap / jvp) are computed
         # with, never cached: gradients flow to them, and a cached wrapper would outlive its transform
-        training = training or any(is_transformed(source) for source in sources)
+        training = self.recomputes(owner, sources)
         if torch.compiler.is_compiling():
             # torch.export traces with fake tensors: no number can be read back to certify or cache
             if training or certify is None or torch.compiler.is_exporting():

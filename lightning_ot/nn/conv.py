@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn.bounds import certify_weight
 from lightning_ot.nn.linear import (
+    _retract,
     _RetractedState,
     _RetractionMarks,
     _training_orthonormalization,
     bjorck_orthonormalize,
-    retract_matrix_,
 )
 
 __all__ = ["OrthogonalConv2d", "compose_kernels"]
@@ -257,9 +257,9 @@ class OrthogonalConv2d(_RetractedState, nn.Module):
         for source in self._sources():
             if source is self.projections and _bases_by_qr(source.device):
                 continue
-            retract_matrix_(source, steps)
+            deviation_bound = _retract(source, steps)
             if source is not self.projections:
-                self._retracted.mark(source)
+                self._retracted.mark(source, deviation_bound)
 
     def _retractable_matrices(self) -> list[Tensor]:
         return [source for source in self._sources() if source is not self.projections]

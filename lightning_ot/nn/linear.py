@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
@@ -406,12 +407,66 @@ class _TangentProjection(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        (matrix,) = ctx.saved_tensors
-        wide = matrix.shape[-2] <= matrix.shape[-1]
-        weight, grad = (matrix, grad_output) if wide else (matrix.mT, grad_output.mT)
-        outer = grad @ weight.mT
-        projected = _add_product(grad, outer + outer.mT, weight, beta=1.0, alpha=-0.5)
-        return projected if wide else projected.mT
+        return _project_on_tangent(ctx.saved_tensors[0], grad_output)
+
+
+def _project_on_tangent(matrix: Tensor, grad: Tensor) -> Tensor:
+    """``G - 0.5 (G W^T + W G^T) W`` for a wide ``W``, ``G - 0.5 W (W^T G + G^T W)`` for a tall one."""
+    wide = matrix.shape[-2] <= matrix.shape[-1]
+    weight, grad = (matrix, grad) if wide else (matrix.mT, grad.mT)
+    outer = grad @ weight.mT
+    projected = _add_product(grad, outer + outer.mT, weight, beta=1.0, alpha=-0.5)
+    return projected if wide else projected.mT
+
+
+class _TangentLinear(torch.autograd.Function):
+    """``F.linear(input, weight, bias)`` whose weight gradient is projected as :class:`_TangentProjection`
+    projects it, computed from the batch instead of from ``G = delta^T x``.
+
+    With ``y = x W^T`` and ``u = delta W`` (the input gradient), the projection of ``delta^T x`` is
+    ``delta^T (x - 0.5 y W) - 0.5 y^T u`` for a wide ``W`` and ``(delta - 0.5 u W^T)^T x - 0.5 y^T u``
+    for a tall one: products with the batch of ``B`` rows (``4 B m n`` multiply-adds in the backward,
+    ``u`` included), against ``B m n + 2 min(m, n)^2 max(m, n)`` through ``G``, so it is the cheaper
+    one for ``B < min(m, n)``. The second output, ``y``, is what the backward needs (no gradient).
+    Shapes: input (*, in), weight (out, in), bias (out,) or None; outputs (*, out) and (B, out).
+    """
+
+    @staticmethod
+    def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        product = input.reshape(-1, input.shape[-1]) @ weight.mT
+        output = product if bias is None else product + bias
+        return output.view(*input.shape[:-1], weight.shape[0]), product
+
+    @staticmethod
+    def setup_context(
+        ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: tuple[Tensor, Tensor]
+    ) -> None:
+        input, weight, bias = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(input, weight, output[1])
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        input, weight, product = ctx.saved_tensors
+        rows = input.reshape(-1, input.shape[-1])
+        delta = grad_output.reshape(-1, weight.shape[0])
+        grad_bias = delta.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        if torch.is_grad_enabled():
+            # double backward: the graph of F.linear through _TangentProjection, whose derivatives
+            # are projected in every use of the weight
+            grad_rows = delta @ _TangentProjection.apply(weight)
+            grad_weight = _project_on_tangent(weight, delta.mT @ rows)
+            grad_input = grad_rows.view(input.shape) if ctx.needs_input_grad[0] else None
+            return grad_input, grad_weight, grad_bias
+        grad_rows = delta @ weight
+        if weight.shape[-2] <= weight.shape[-1]:
+            grad_weight = delta.mT @ torch.add(rows, product @ weight, alpha=-0.5)
+        else:
+            grad_weight = torch.add(delta, grad_rows @ weight.mT, alpha=-0.5).mT @ rows
+        grad_weight = torch.addmm(grad_weight, product.mT, grad_rows, alpha=-0.5)
+        grad_input = grad_rows.view(input.shape) if ctx.needs_input_grad[0] else None
+        return grad_input, grad_weight, grad_bias
 
 
 #: Largest root mean square of ``lambda - 1`` over a retracted matrix's Gram eigenvalues for which
@@ -433,16 +488,20 @@ class _RetractionMarks:
     def __init__(self) -> None:
         self._marks: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
 
-    def mark(self, parameter: Tensor) -> None:
+    def mark(self, parameter: Tensor, deviation_bound: float | None = None) -> None:
         """Mark ``parameter`` fresh if it is near orthonormal: the root mean square of ``lambda - 1``
         over the eigenvalues of its Gram matrix at most ``MAX_RETRACTED_DEVIATION`` (early in
         training one retraction step can leave singular values far below 1: Björck's iteration then
-        still runs in the forward)."""
+        still runs in the forward). A ``deviation_bound`` (an upper bound of that root mean square,
+        as the retraction returns it) within the limit spares computing the Gram matrix."""
         matrix = parameter.detach()
-        wide = matrix if matrix.shape[-2] <= matrix.shape[-1] else matrix.mT
-        gram = wide @ wide.mT
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        deviation = float(((gram - eye).square().sum(dim=(-2, -1)) / gram.shape[-1]).sqrt().max())
+        if deviation_bound is not None and deviation_bound <= MAX_RETRACTED_DEVIATION:
+            deviation = deviation_bound
+        else:
+            wide = matrix if matrix.shape[-2] <= matrix.shape[-1] else matrix.mT
+            gram = wide @ wide.mT
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            deviation = float(((gram - eye).square().sum(dim=(-2, -1)) / gram.shape[-1]).sqrt().max())
         if deviation <= MAX_RETRACTED_DEVIATION:
             self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, matrix.clone())
         else:
@@ -509,11 +568,10 @@ class _RetractedState:
         self._retracted.save(self._retractable_matrices(), destination, prefix)
 
 
-def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _RetractionMarks) -> Tensor:
-    """:func:`bjorck_orthonormalize` of ``parameter``, or, while it holds what a retraction wrote and
-    autograd records it, the parameter itself with its gradient projected on the tangent space (no
-    Björck step forward or backward: the retraction after the optimizer step does the work)."""
-    as_it_is = (
+def _used_as_it_is(parameter: Tensor, marks: _RetractionMarks) -> bool:
+    """Whether a training forward uses ``parameter`` as it is: it holds what a retraction wrote, and
+    autograd (backward mode only, no transform, no compilation) records it."""
+    return (
         not torch.compiler.is_compiling()  # first: the other tests read Python state dynamo would trace
         and torch.is_grad_enabled()
         and parameter.requires_grad
@@ -521,9 +579,52 @@ def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _Ret
         and torch.autograd.forward_ad.unpack_dual(parameter).tangent is None
         and marks.fresh(parameter)
     )
-    if as_it_is:
+
+
+def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _RetractionMarks) -> Tensor:
+    """:func:`bjorck_orthonormalize` of ``parameter``, or, while it holds what a retraction wrote and
+    autograd records it, the parameter itself with its gradient projected on the tangent space (no
+    Björck step forward or backward: the retraction after the optimizer step does the work)."""
+    if _used_as_it_is(parameter, marks):
         return _TangentProjection.apply(parameter)
     return bjorck_orthonormalize(parameter, iterations)
+
+
+def _retracted_deviation_bound(gram: Tensor) -> float:
+    """Upper bound of the root mean square of ``lambda - 1`` over the Gram eigenvalues after one
+    Björck step, from the (scaled) Gram matrix ``G`` before it; the largest over a batch.
+
+    A step maps each eigenvalue ``1 + d`` of ``G`` to ``(1 + d)(1 - d / 2)^2 = 1 - d^2 (3 - d) / 4``,
+    so with ``D = G - I`` and ``a >= max |d|`` (``a = min(||D||_F, ||D||_inf)``), the deviation
+    after the step has a Frobenius norm of at most ``a (3 + a) / 4 ||D||_F``: O(m^2), no product.
+    """
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    deviation = gram - eye
+    frobenius = deviation.norm(dim=(-2, -1))
+    size = gram.shape[-1] ** 0.5
+    bound = float((frobenius.square() * (3 + frobenius) / 4).max()) / size
+    if bound <= MAX_RETRACTED_DEVIATION:  # near orthonormal: the Frobenius norm alone shows it
+        return bound
+    largest = torch.minimum(frobenius, deviation.abs().sum(dim=-1).amax(dim=-1))
+    return float((frobenius * largest * (3 + largest) / 4).max()) / size
+
+
+@torch.no_grad()
+def _retract(parameter: Tensor, steps: int) -> float:
+    """:func:`retract_matrix_`, returning :func:`_retracted_deviation_bound` of the result."""
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}")
+    weight = parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
+    wide = weight.shape[-2] <= weight.shape[-1]
+    matrix = weight if wide else weight.mT
+    quick_start = matrix.device.type == "cpu" and not torch.compiler.is_compiling()
+    trace = _BjorckTrace()
+    result = _bjorck_steps(matrix, steps, None, trace=trace, quick_start=quick_start)
+    parameter.copy_(result if wide else result.mT)
+    # the Gram matrix before the last step is the second entry of its record in both forms
+    last_gram = trace.steps[-1][1]
+    assert last_gram is not None
+    return _retracted_deviation_bound(last_gram)
 
 
 @torch.no_grad()
@@ -537,14 +638,8 @@ def retract_matrix_(parameter: Tensor, steps: int = 1) -> Tensor:
     matrix is scaled from its Gram matrix alone (:func:`_quick_starting_scale`). Shape: (*, out, in),
     unchanged.
     """
-    if steps < 1:
-        raise ValueError(f"`steps` must be >= 1, got {steps}")
-    weight = parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
-    wide = weight.shape[-2] <= weight.shape[-1]
-    matrix = weight if wide else weight.mT
-    quick_start = matrix.device.type == "cpu" and not torch.compiler.is_compiling()
-    result = _bjorck_steps(matrix, steps, None, quick_start=quick_start)
-    return parameter.copy_(result if wide else result.mT)
+    _retract(parameter, steps)
+    return parameter
 
 
 class BjorckOrthogonalization(nn.Module):
@@ -652,15 +747,36 @@ class OrthogonalLinear(_RetractedState, nn.Linear):
         use it as it is until it changes again (the next optimizer step): its singular values are
         in [0, 1], and its gradient is projected on the tangent space of the orthonormal matrices
         at it, which is the gradient of the orthonormalization there. No Björck step runs in the
-        forward or the backward.
+        forward or the backward, and for a batch of fewer rows than ``min(in_features,
+        out_features)`` the projection is computed from the batch, not from the whole gradient.
         """
-        retract_matrix_(self.weight_orig, steps)
-        self._retracted.mark(self.weight_orig)
+        self._retracted.mark(self.weight_orig, _retract(self.weight_orig, steps))
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]
         """The (semi-)orthogonal weight; cached and certified in eval mode (or without autograd)."""
         return self._cache.get(self, (self.weight_orig,), self.compute_weight, certify_weight)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self._tangent_from_batch(input):
+            self._cache.clear()
+            return _TangentLinear.apply(input, self.weight_orig, self.bias)[0]
+        return F.linear(input, self.weight, self.bias)
+
+    def _tangent_from_batch(self, input: Tensor) -> bool:
+        """Whether a training forward with the retracted matrix as it is computes its projected
+        gradient from the batch (:class:`_TangentLinear`): cheaper than from the gradient when the
+        batch has fewer rows than ``min(in_features, out_features)``."""
+        return (
+            not torch.compiler.is_compiling()  # first, as in _used_as_it_is
+            and input.numel() < self.in_features * min(self.in_features, self.out_features)
+            and WeightCache.recomputes(self, (self.weight_orig,))
+            and input.dtype == self.weight_orig.dtype
+            and not torch.is_autocast_enabled(input.device.type)
+            and not is_transformed(input)
+            and torch.autograd.forward_ad.unpack_dual(input).tangent is None
+            and _used_as_it_is(self.weight_orig, self._retracted)
+        )
 
     @property
     def lipschitz_bound(self) -> float:

@@ -18,11 +18,18 @@ runs): one Björck step from a start below ``sqrt 3`` leaves every singular valu
 training network is 1-Lipschitz. Its gradient is projected on the tangent
 space of the orthonormal matrices at it, ``G - 0.5 (G W^T + W G^T) W``, which is the gradient of
 the orthonormalization there (the projected gradient of manifold optimization): no Björck step runs
-forward or backward, only the retraction's. Eval forwards, certificates, explanations and exports
+forward or backward, only the retraction's. An :class:`~lightning_ot.nn.OrthogonalLinear` whose
+batch has fewer rows ``B`` than ``min(in_features, out_features)`` computes that projection from the
+batch (``delta^T (x - 0.5 y W) - 0.5 y^T (delta W)`` with ``y = x W^T``: products with ``B`` rows,
+not with the whole ``m x n`` gradient: for the mnist5k head, 784 -> 512 at batch 128, what the
+backward adds to a plain layer's is 4x smaller). Eval forwards, certificates, explanations and exports
 still use the fully orthonormalized, certified weights. The mark is kept in the state dict (key
 ``retracted``, only when set) and survives an in-place write of the same values, so a resumed fit
-and DDP's broadcast train exactly as the uninterrupted fit does. The nearness test reads one number
-back per matrix and retraction (a synchronization on an accelerator; not measured on a GPU).
+and DDP's broadcast train exactly as the uninterrupted fit does. The nearness test takes a bound
+from the Gram matrix the retraction computes anyway (a Björck step maps ``1 + d`` to
+``1 - d^2 (3 - d) / 4``), and computes the Gram matrix of the result only when that bound is not
+enough (early in training); it reads one number back per matrix and retraction (a synchronization
+on an accelerator; not measured on a GPU).
 """
 
 from __future__ import annotations

@@ -189,6 +189,65 @@ def test_after_a_retraction_training_uses_the_raw_matrix_and_the_tangent_gradien
     torch.testing.assert_close(weight.detach(), layer.weight_orig.detach() / 1.5, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["linear square", "linear wide", "linear tall"])
+@pytest.mark.parametrize("batch_shape", [(5,), (2, 3), (64,)])
+def test_a_retracted_linear_layer_takes_the_projected_gradient_from_the_batch(
+    name: str, batch_shape: tuple[int, ...]
+) -> None:
+    """For batches of fewer rows than min(in, out), the training forward computes the projected
+    weight gradient from the batch (no product with the whole gradient): the same first and second
+    derivatives as the linear map of the raw matrix with its gradient projected; larger batches take
+    that path itself."""
+    torch.manual_seed(0)
+    layer = LAYERS[name]()
+    _drift_(layer, seed=1)
+    retract_weights_(layer, steps=8)
+    x = torch.randn(*batch_shape, layer.in_features, dtype=torch.float64, requires_grad=True)
+    output = layer(x)
+    functions = _graph_functions(output)
+    from_batch = len(x.reshape(-1, layer.in_features)) < min(layer.in_features, layer.out_features)
+    assert ("_TangentLinearBackward" in functions) == from_batch
+    assert "_BjorckFunctionBackward" not in functions
+    expected = nn.functional.linear(x, linear_module._TangentProjection.apply(layer.weight_orig), layer.bias)
+    torch.testing.assert_close(output, expected, atol=1e-12, rtol=0)
+    direction = torch.randn(output.shape, dtype=torch.float64)
+    inputs = (x, layer.weight_orig, layer.bias)
+    firsts = [torch.autograd.grad(out, inputs, direction, create_graph=True) for out in (output, expected)]
+    for got, wanted in zip(*firsts, strict=True):
+        torch.testing.assert_close(got, wanted, atol=1e-12, rtol=1e-10)
+    seconds = [
+        torch.autograd.grad(grads[0].square().sum() + grads[1].square().sum(), inputs[:2]) for grads in firsts
+    ]
+    for got, wanted in zip(*seconds, strict=True):
+        torch.testing.assert_close(got, wanted, atol=1e-12, rtol=1e-10)
+
+
+def test_the_deviation_bound_of_a_retraction_holds_and_spares_the_gram_check() -> None:
+    """The bound that the retraction returns, from the Gram matrix before its last step, is above the
+    measured root mean square of lambda - 1 after it, and close enough to mark near-orthonormal
+    matrices without computing their Gram matrix again."""
+    generator = torch.Generator().manual_seed(0)
+    for spread in (0.002, 0.02, 0.2, 0.6):
+        left = torch.linalg.qr(torch.randn(48, 48, generator=generator, dtype=torch.float64)).Q
+        right = torch.linalg.qr(torch.randn(80, 48, generator=generator, dtype=torch.float64)).Q
+        singular_values = 1 + spread * (2 * torch.rand(48, generator=generator, dtype=torch.float64) - 1)
+        for steps in (1, 2):
+            matrix = left @ torch.diag(singular_values) @ right.T
+            bound = linear_module._retract(matrix, steps)
+            gram = matrix @ matrix.T
+            measured = float((gram - torch.eye(48, dtype=torch.float64)).norm()) / 48**0.5
+            assert measured <= bound * (1 + 1e-9) + 1e-12, (spread, steps)
+            if spread <= 0.02:
+                assert bound <= linear_module.MAX_RETRACTED_DEVIATION
+    layer = OrthogonalLinear(40, 24)
+    _drift_(layer, seed=0)
+    retract_weights_(layer, steps=1)  # far from orthonormal: the bound is loose, the Gram check decides
+    assert not layer._retracted.fresh(layer.weight_orig)
+    retract_weights_(layer, steps=1)
+    retract_weights_(layer, steps=1)
+    assert layer._retracted.fresh(layer.weight_orig)
+
+
 def test_retracted_convolutions_skip_bjorck_in_training() -> None:
     for name in ("conv 3x3 (BCOP)", "conv 2x2 stride 2", "conv 4x4 stride 2"):
         layer = LAYERS[name]()
