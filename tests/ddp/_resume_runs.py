@@ -35,7 +35,9 @@ RESUMED = ("stopped_mid_epoch", "saved_after_fit", "stopped_at_epoch_end", "save
 def make_model(seed: int) -> OTClassifier:
     torch.manual_seed(seed)
     return OTClassifier(
-        LipschitzMLP(64, 10, hidden_features=(32,)),
+        # 48 wide: each DDP rank's 32 rows are fewer than min(64, 48), so the first layer takes its
+        # projected gradient from the batch (in one process, 64 rows, from the whole gradient)
+        LipschitzMLP(64, 10, hidden_features=(48,)),
         num_classes=10,
         loss=SoftHKRLoss(margin=0.5, hinge_weight=10.0, temperature=10.0, momentum=0.9),
         optimizer=functools.partial(torch.optim.Adam, lr=2e-3),
