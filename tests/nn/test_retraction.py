@@ -222,6 +222,33 @@ def test_a_retracted_linear_layer_takes_the_projected_gradient_from_the_batch(
         torch.testing.assert_close(got, wanted, atol=1e-12, rtol=1e-10)
 
 
+def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None:
+    """Autocast, eval mode, gradients off and torch.func transforms take the plain linear map."""
+    layer = OrthogonalLinear(40, 24)
+    _drift_(layer, seed=1)
+    retract_weights_(layer, steps=8)
+    x = torch.randn(4, 40)
+    assert "_TangentLinearBackward" in _graph_functions(layer(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = layer(x)
+    assert output.dtype == torch.bfloat16
+    assert "_TangentLinearBackward" not in _graph_functions(output)
+    params = dict(layer.named_parameters())
+
+    def loss(parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(layer, parameters, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(params)  # transformed parameters: Björck's iteration, as before
+    weight = linear_module.bjorck_orthonormalize(layer.weight_orig, layer.iterations)
+    through_bjorck = nn.functional.linear(x, weight, layer.bias).square().sum()
+    (expected,) = torch.autograd.grad(through_bjorck, layer.weight_orig)
+    torch.testing.assert_close(grads["weight_orig"], expected, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    layer.eval()
+    assert "_TangentLinearBackward" not in _graph_functions(layer(x))
+
+
 def test_the_deviation_bound_of_a_retraction_holds_and_spares_the_gram_check() -> None:
     """The bound that the retraction returns, from the Gram matrix before its last step, is above the
     measured root mean square of lambda - 1 after it, and close enough to mark near-orthonormal
