@@ -770,6 +770,9 @@ class OrthogonalLinear(_RetractedState, nn.Linear):
         return (
             not torch.compiler.is_compiling()  # first, as in _used_as_it_is
             and input.numel() < self.in_features * min(self.in_features, self.out_features)
+            # a subclass that computes its weight otherwise gets it through `weight`
+            and type(self).compute_weight is OrthogonalLinear.compute_weight
+            and type(self).weight is OrthogonalLinear.weight
             and WeightCache.recomputes(self, (self.weight_orig,))
             and input.dtype == self.weight_orig.dtype
             and not torch.is_autocast_enabled(input.device.type)

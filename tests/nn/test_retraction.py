@@ -248,6 +248,16 @@ def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None
     layer.eval()
     assert "_TangentLinearBackward" not in _graph_functions(layer(x))
 
+    class HalvedLinear(OrthogonalLinear):
+        def compute_weight(self) -> torch.Tensor:
+            return 0.5 * super().compute_weight()
+
+    halved = HalvedLinear(40, 24)
+    halved.load_state_dict(layer.state_dict())  # retracted, as the layer
+    output = halved(x)
+    assert "_TangentLinearBackward" not in _graph_functions(output)
+    torch.testing.assert_close(output, x @ (0.5 * halved.weight_orig).T.detach() + halved.bias.detach())
+
 
 def test_the_deviation_bound_of_a_retraction_holds_and_spares_the_gram_check() -> None:
     """The bound that the retraction returns, from the Gram matrix before its last step, is above the
