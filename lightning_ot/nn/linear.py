@@ -428,45 +428,42 @@ class _TangentLinear(torch.autograd.Function):
     for a tall one: products with the batch of ``B`` rows (``4 B m n`` multiply-adds in the backward,
     ``u`` included), against ``B m n + 2 min(m, n)^2 max(m, n)`` through ``G``, so it is the cheaper
     one for ``B < min(m, n)``. The second output, ``y``, is what the backward needs (no gradient).
-    Shapes: input (*, in), weight (out, in), bias (out,) or None; outputs (*, out) and (B, out).
+    Shapes: input (B, in), weight (out, in), bias (out,) or None; outputs (B, out) and (B, out).
     """
 
     @staticmethod
-    def forward(input: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        product = input.reshape(-1, input.shape[-1]) @ weight.mT
-        output = product if bias is None else product + bias
-        return output.view(*input.shape[:-1], weight.shape[0]), product
+    def forward(rows: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        product = rows @ weight.mT
+        # two separate tensors, neither a view: the caller may modify the output in place
+        return (product.clone() if bias is None else product + bias), product
 
     @staticmethod
     def setup_context(
         ctx: Any, inputs: tuple[Tensor, Tensor, Tensor | None], output: tuple[Tensor, Tensor]
     ) -> None:
-        input, weight, bias = inputs
+        rows, weight, bias = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(input, weight, output[1])
+        ctx.save_for_backward(rows, weight, output[1])
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
-        input, weight, product = ctx.saved_tensors
-        rows = input.reshape(-1, input.shape[-1])
-        delta = grad_output.reshape(-1, weight.shape[0])
+        rows, weight, product = ctx.saved_tensors
+        delta = grad_output  # (B, out)
         grad_bias = delta.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         if torch.is_grad_enabled():
             # double backward: the graph of F.linear through _TangentProjection, whose derivatives
             # are projected in every use of the weight
             grad_rows = delta @ _TangentProjection.apply(weight)
             grad_weight = _project_on_tangent(weight, delta.mT @ rows)
-            grad_input = grad_rows.view(input.shape) if ctx.needs_input_grad[0] else None
-            return grad_input, grad_weight, grad_bias
+            return grad_rows if ctx.needs_input_grad[0] else None, grad_weight, grad_bias
         grad_rows = delta @ weight
         if weight.shape[-2] <= weight.shape[-1]:
             grad_weight = delta.mT @ torch.add(rows, product @ weight, alpha=-0.5)
         else:
             grad_weight = torch.add(delta, grad_rows @ weight.mT, alpha=-0.5).mT @ rows
         grad_weight = torch.addmm(grad_weight, product.mT, grad_rows, alpha=-0.5)
-        grad_input = grad_rows.view(input.shape) if ctx.needs_input_grad[0] else None
-        return grad_input, grad_weight, grad_bias
+        return grad_rows if ctx.needs_input_grad[0] else None, grad_weight, grad_bias
 
 
 #: Largest root mean square of ``lambda - 1`` over a retracted matrix's Gram eigenvalues for which
@@ -760,7 +757,9 @@ class OrthogonalLinear(_RetractedState, nn.Linear):
     def forward(self, input: Tensor) -> Tensor:
         if self._tangent_from_batch(input):
             self._cache.clear()
-            return _TangentLinear.apply(input, self.weight_orig, self.bias)[0]
+            rows = input.reshape(-1, self.in_features)
+            output = _TangentLinear.apply(rows, self.weight_orig, self.bias)[0]
+            return output.view(*input.shape[:-1], self.out_features)
         return F.linear(input, self.weight, self.bias)
 
     def _tangent_from_batch(self, input: Tensor) -> bool:

@@ -220,6 +220,17 @@ def test_a_retracted_linear_layer_takes_the_projected_gradient_from_the_batch(
     ]
     for got, wanted in zip(*seconds, strict=True):
         torch.testing.assert_close(got, wanted, atol=1e-12, rtol=1e-10)
+    # the output may be modified in place, as nn.Linear's (an in-place activation after it)
+    for with_bias in (True, False):
+        layer.bias.requires_grad_(with_bias)
+        inplace = layer(x).mul_(2).relu_()
+        plain = torch.relu(2 * layer(x)).detach()
+        torch.testing.assert_close(inplace.detach(), plain)
+        (got,) = torch.autograd.grad(inplace.sum(), layer.weight_orig)
+        weight = linear_module._TangentProjection.apply(layer.weight_orig)
+        reference = nn.functional.linear(x, weight, layer.bias)
+        (wanted,) = torch.autograd.grad(torch.relu(2 * reference).sum(), layer.weight_orig)
+        torch.testing.assert_close(got, wanted, atol=1e-12, rtol=1e-10)
 
 
 def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None:
