@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_ot.nn import InvertibleDownsampling, MaxMin, Normalize, OrthogonalConv2d, OrthogonalLinear
+from lightning_ot.nn import (
+    InvertibleDownsampling,
+    MaxMin,
+    Normalize,
+    OrthogonalConv2d,
+    OrthogonalLinear,
+    assembled_together,
+)
 
 __all__ = ["NormPreservingConvNet"]
 
@@ -125,4 +132,6 @@ class NormPreservingConvNet(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, input: Tensor) -> Tensor:
-        return self.layers(input)
+        # the same-shape convolution kernels of a training step are built in one pass each
+        with assembled_together(self):
+            return self.layers(input)

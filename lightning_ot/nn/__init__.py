@@ -7,7 +7,7 @@ from torch import nn
 from lightning_ot.nn._cache import cached_weights
 from lightning_ot.nn.activations import GroupSort, MaxMin, max_min
 from lightning_ot.nn.bounds import certify_weight, operator_norm_bound
-from lightning_ot.nn.conv import OrthogonalConv2d, compose_kernels
+from lightning_ot.nn.conv import OrthogonalConv2d, assembled_together, compose_kernels
 from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bjorck_orthonormalize
 from lightning_ot.nn.normalization import Normalize
 from lightning_ot.nn.pooling import GlobalL2NormPool2d, InvertibleDownsampling, L2NormPool2d, l2_norm_pool2d
@@ -27,6 +27,7 @@ __all__ = [
     "Normalize",
     "OrthogonalConv2d",
     "OrthogonalLinear",
+    "assembled_together",
     "bjorck_orthonormalize",
     "cached_weights",
     "certify_weight",

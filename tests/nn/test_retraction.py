@@ -14,6 +14,7 @@ from lightning_ot.nn import (
     BjorckOrthogonalization,
     OrthogonalConv2d,
     OrthogonalLinear,
+    assembled_together,
     retract_weights_,
 )
 
@@ -387,3 +388,73 @@ def test_bad_steps_are_refused() -> None:
     before = plain.weight.detach().clone()
     assert retract_weights_(plain) == 0
     assert torch.equal(plain.weight, before)
+
+
+def test_kernels_assembled_together_are_each_layers_own() -> None:
+    """Inside ``assembled_together``, the retracted stride-1 kernels of one configuration come from
+    one batched pass, with each layer's own values and gradients; anything else is left alone."""
+    torch.manual_seed(0)
+    same = [OrthogonalConv2d(8, 8, 3, dtype=torch.float64) for _ in range(3)]
+    alone = OrthogonalConv2d(8, 8, 5, dtype=torch.float64)  # its own configuration: no batch
+    strided = OrthogonalConv2d(4, 16, 2, stride=2, dtype=torch.float64)
+    network = nn.Sequential(*same, alone, strided)
+    _drift_(network, seed=6)
+    retract_weights_(network, steps=8)
+    own = [layer.compute_weight() for layer in same]
+    with assembled_together(network):
+        kernels = [layer.weight for layer in same]
+        assert all("StackBackward0" in _graph_functions(kernel) for kernel in kernels)
+        assert "StackBackward0" not in _graph_functions(alone.weight)
+        assert "StackBackward0" not in _graph_functions(strided.weight)
+    assert all(layer._assembled is None for layer in same)
+    directions = [torch.randn(kernel.shape, dtype=torch.float64) for kernel in kernels]
+    sources = [parameter for layer in same for parameter in (layer.orthogonal, layer.projections)]
+    together = torch.autograd.grad(
+        sum((k * d).sum() for k, d in zip(kernels, directions, strict=True)), sources
+    )
+    apart = torch.autograd.grad(sum((k * d).sum() for k, d in zip(own, directions, strict=True)), sources)
+    for kernel, expected in zip(kernels, own, strict=True):
+        torch.testing.assert_close(kernel, expected, atol=1e-12, rtol=0)
+    for got, expected in zip(together, apart, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    with assembled_together(network):
+        with torch.no_grad():
+            same[0].projections.mul_(1.0)  # a change (version bump): that layer computes its own again
+        assert "StackBackward0" not in _graph_functions(same[0].weight)
+        assert "StackBackward0" in _graph_functions(same[1].weight)
+
+
+def test_assembled_kernels_need_retracted_matrices_and_a_training_forward() -> None:
+    torch.manual_seed(0)
+    network = nn.Sequential(*(OrthogonalConv2d(8, 8, 3, dtype=torch.float64) for _ in range(2)))
+    _drift_(network, seed=7)
+    with assembled_together(network):  # not retracted: Björck's iteration, layer by layer
+        assert "_BjorckFunctionBackward" in _graph_functions(network[0].weight)
+    retract_weights_(network, steps=8)
+    network.eval()
+    with assembled_together(network):
+        assert network[0]._assembled is None
+    network.train()
+    with torch.no_grad(), assembled_together(network):
+        assert network[0]._assembled is None
+
+
+def test_the_tight_convnet_trains_alike_with_its_kernels_assembled_together() -> None:
+    torch.manual_seed(0)
+    model = NormPreservingConvNet(1, 10, 28, stage_convs=[1, 2], kernel_size=[3, 3], hidden_features=(64,))
+    model = model.double()
+    _drift_(model, seed=8)
+    retract_weights_(model, steps=8)
+    x = torch.rand(4, 1, 28, 28, dtype=torch.float64)
+    parameters = list(model.parameters())
+    together = model(x)  # through `assembled_together`
+    apart = model.layers(x)
+    assert "StackBackward0" in _graph_functions(together)
+    assert "StackBackward0" not in _graph_functions(apart)
+    torch.testing.assert_close(together, apart, atol=1e-12, rtol=0)
+    for got, expected in zip(
+        torch.autograd.grad(together.square().sum(), parameters),
+        torch.autograd.grad(apart.square().sum(), parameters),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
