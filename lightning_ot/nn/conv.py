@@ -120,8 +120,8 @@ def assembled_together(module: nn.Module) -> Iterator[None]:
 
     The kernel of a small BCOP convolution costs some thirty small operations forward and more
     backward, whatever the batch; a network of several convolutions of the same shape spends more
-    on those calls than on the products (nine kernels of 4 and 16 channels: 6.3 ms a training step
-    one by one, 2.6 ms together, one thread). Each layer's ``weight`` is then that kernel: the
+    on those calls than on the products (nine kernels of 4 and 16 channels, forward and backward, one
+    thread: 6.3-6.8 ms one by one, 2.6-3.3 ms together). Each layer's ``weight`` is then that kernel: the
     same values and gradients as its own (to float32 rounding). It applies to stride-1 kernels of
     retracted matrices in training forwards on a CPU (see :func:`~lightning_ot.nn.retract_weights_`);
     every other kernel is computed by its layer as before, and so is every kernel outside.
