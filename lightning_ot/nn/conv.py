@@ -100,16 +100,24 @@ def _projection_step(kernel: Tensor, basis: Tensor, dim: int) -> Tensor:
     return F.pad(projected, (0, 0, 0, 1)) + F.pad(rest, (0, 0, 1, 0))
 
 
+def _bcop_kernel(kernel: Tensor, bases: Tensor | None) -> Tensor:
+    """The BCOP kernel from the 1 x 1 kernel of the orthogonal matrix and the projections' bases:
+    one horizontal and one vertical step per pair of bases. Shapes: kernel (*, c, i, 1, 1), bases
+    (*, 2 (k - 1), c, c / 2) or None (k = 1); result (*, c, i, k, k)."""
+    if bases is not None:
+        for index in range(0, bases.shape[-3], 2):
+            kernel = _projection_step(kernel, bases[..., index, :, :], dim=-1)
+            kernel = _projection_step(kernel, bases[..., index + 1, :, :], dim=-2)
+    return kernel
+
+
 def _assemble(layers: list[OrthogonalConv2d]) -> list[Tensor]:
     """The kernels of layers of one :meth:`OrthogonalConv2d._assembly_group`, in one batched pass:
     the same operations as :meth:`OrthogonalConv2d.compute_weight`, on stacked matrices."""
     first = layers[0]
     orthogonal = _TangentProjection.apply(torch.stack([layer.orthogonal for layer in layers]))
-    kernel = orthogonal[:, :, : first.in_channels, None, None]
     bases = _orthonormal_bases(torch.stack([layer.projections for layer in layers]), first.iterations)
-    for index in range(first.bcop_size - 1):
-        kernel = _projection_step(kernel, bases[:, 2 * index], dim=-1)
-        kernel = _projection_step(kernel, bases[:, 2 * index + 1], dim=-2)
+    kernel = _bcop_kernel(orthogonal[:, :, : first.in_channels, None, None], bases)
     return [single[: first.out_channels].contiguous() for single in kernel.unbind(0)]
 
 
@@ -297,12 +305,8 @@ class OrthogonalConv2d(_RetractedState, nn.Module):
         if step == 1:
             # the projection steps multiply from the output side: keep only the input columns used
             kernel = kernel[:, : self.in_channels]
-        kernel = kernel[:, :, None, None]
-        if self.projections is not None:
-            bases = _orthonormal_bases(self.projections, self.iterations)
-            for index in range(self.bcop_size - 1):
-                kernel = _projection_step(kernel, bases[2 * index], dim=-1)
-                kernel = _projection_step(kernel, bases[2 * index + 1], dim=-2)
+        bases = None if self.projections is None else _orthonormal_bases(self.projections, self.iterations)
+        kernel = _bcop_kernel(kernel[:, :, None, None], bases)
         if step == 1:
             return kernel[: self.out_channels].contiguous()
         assert self.reshaped is not None
