@@ -106,7 +106,10 @@ class WeightCache:
             return self._cached_eagerly(sources, compute, certify)
         if training:
             self.key = self.value = None
-            with torch.autocast(sources[0].device.type, enabled=False):
+            device_type = sources[0].device.type
+            if not torch.is_autocast_enabled(device_type):
+                return compute()  # entering the context below costs more than a small layer's forward
+            with torch.autocast(device_type, enabled=False):
                 return compute()
         return self._cached(sources, compute, certify)
 

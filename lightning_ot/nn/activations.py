@@ -7,12 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_ot.nn._function import Function
 from lightning_ot.nn._transforms import is_transformed
 
 __all__ = ["GroupSort", "MaxMin", "max_min"]
 
 
-class _MaxMinFunction(torch.autograd.Function):
+class _MaxMinFunction(Function):
     """MaxMin with one saved mask (half the input size) and a backward of two elementwise ops.
 
     ``torch.where`` with a boolean condition is not vectorized on CPU (about 20x slower than

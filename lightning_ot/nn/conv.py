@@ -24,7 +24,8 @@ from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn._transforms import is_transformed
 from lightning_ot.nn.bounds import certify_weight
 from lightning_ot.nn.linear import (
-    _retract,
+    _PlannedRetraction,
+    _retract_planned,
     _RetractedState,
     _RetractionMarks,
     _TangentProjection,
@@ -324,12 +325,14 @@ class OrthogonalConv2d(_RetractedState, nn.Module):
         :meth:`OrthogonalLinear.retract_ <lightning_ot.nn.OrthogonalLinear.retract_>`); the
         projections' bases are always orthonormalized.
         """
-        for source in self._sources():
-            if source is self.projections and _bases_by_qr(source.device):
-                continue
-            deviation_bound = _retract(source, steps)
-            if source is not self.projections:
-                self._retracted.mark(source, deviation_bound)
+        _retract_planned(self._retraction_plan(), steps)
+
+    def _retraction_plan(self) -> list[_PlannedRetraction]:
+        return [
+            _PlannedRetraction(source, None if source is self.projections else self._retracted)
+            for source in self._sources()
+            if not (source is self.projections and _bases_by_qr(source.device))
+        ]
 
     def _retractable_matrices(self) -> list[Tensor]:
         return [source for source in self._sources() if source is not self.projections]

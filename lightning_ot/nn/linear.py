@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
+from lightning_ot.nn._function import Function
 from lightning_ot.nn._transforms import is_transformed
 from lightning_ot.nn.bounds import certify_weight
 
@@ -57,25 +59,35 @@ def _normalizing_scale(gram: Tensor) -> Tensor:
 _MAX_START_RATIO = 2.5
 
 
-def _quick_starting_scale(gram: Tensor) -> Tensor | None:
-    """:func:`_starting_scale`'s ``1 / sqrt(e)`` from the Gram matrix alone when that is enough, else None.
+def _quick_starting_scale(gram: Tensor) -> Tensor:
+    """:func:`_starting_scale`'s ``1 / sqrt(e)``, from the Gram matrix alone where that is enough.
 
     ``e = ||G||_F^2 / tr(G)`` (the mean of the eigenvalues weighted by themselves) is a lower bound
     of ``lambda_max``, and the largest absolute row sum ``||G||_inf`` an upper bound; when the upper
     bound is within ``_MAX_START_RATIO`` of ``e``, ``e`` meets :func:`_starting_scale`'s guarantee
     without the matrix powers. That is the case for near-orthonormal matrices (retracted ones, or any
     after the first steps of training), for which this costs O(m^2) instead of two m x m x m products.
-    It reads numbers back and depends on the values, so only the retraction uses it (on a CPU): any
-    scale leaves a retraction's polar factor unchanged, while the layers' forwards must compute the
-    same function under every transform.
+    Matrices of a batch for which it is not enough get :func:`_starting_scale`'s, so each gets the
+    scale it would get alone. It reads numbers back and depends on the values, so only the
+    retraction uses it (on a CPU): any scale leaves a retraction's polar factor unchanged, while the
+    layers' forwards must compute the same function under every transform.
     """
+    scale, enough = _scale_from_gram_alone(gram)
+    if bool(enough.all()):
+        return scale
+    full = _starting_scale(gram)
+    return torch.where(enough, scale, full) if bool(enough.any()) else full
+
+
+def _scale_from_gram_alone(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """The ``1 / sqrt(e)`` of :func:`_quick_starting_scale`, and where it meets the guarantee (both
+    of shape (*, 1, 1))."""
     tiny = torch.finfo(gram.dtype).tiny
     trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
     estimate = gram.square().sum(dim=(-2, -1), keepdim=True) / trace.clamp_min(tiny)
     upper = gram.abs().sum(dim=-1).amax(dim=-1)[..., None, None]
-    if bool((trace > 0).all()) and bool((upper <= _MAX_START_RATIO * estimate).all()):
-        return estimate.rsqrt()
-    return None
+    enough = (trace > 0) & (upper <= _MAX_START_RATIO * estimate)
+    return estimate.clamp_min(tiny).rsqrt(), enough
 
 
 def _starting_scale(gram: Tensor) -> Tensor:
@@ -140,9 +152,8 @@ def _bjorck_steps(
     """
     gram = matrix @ matrix.mT
     # with at least one step, the estimate of the top singular value may start it a little above 1
-    quick = _quick_starting_scale(gram) if quick_start and iterations > 0 else None
-    if quick is not None:
-        scale = quick
+    if quick_start and iterations > 0:
+        scale = _quick_starting_scale(gram)
     else:
         scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
     gram = gram * scale.square()
@@ -186,7 +197,7 @@ def _bjorck_steps(
     return matrix
 
 
-class _BjorckFunction(torch.autograd.Function):
+class _BjorckFunction(Function):
     """Björck's iteration with a hand-written backward through its steps (the same gradient as autograd's).
 
     The forward runs without recording a graph and returns, besides the result, the few small
@@ -388,7 +399,7 @@ def bjorck_orthonormalize(weight: Tensor, iterations: int = 12, tolerance: float
     return result.to(input_dtype)
 
 
-class _TangentProjection(torch.autograd.Function):
+class _TangentProjection(Function):
     """Identity forward; the backward projects the gradient onto the tangent space at the input of the
     manifold of matrices with orthonormal rows (wide) or columns (tall).
 
@@ -419,7 +430,7 @@ def _project_on_tangent(matrix: Tensor, grad: Tensor) -> Tensor:
     return projected if wide else projected.mT
 
 
-class _TangentLinear(torch.autograd.Function):
+class _TangentLinear(Function):
     """``F.linear(input, weight, bias)`` whose weight gradient is projected as :class:`_TangentProjection`
     projects it, computed from the batch instead of from ``G = delta^T x``.
 
@@ -500,7 +511,12 @@ class _RetractionMarks:
             eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
             deviation = float(((gram - eye).square().sum(dim=(-2, -1)) / gram.shape[-1]).sqrt().max())
         if deviation <= MAX_RETRACTED_DEVIATION:
-            self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, matrix.clone())
+            entry = self._marks.get(id(parameter))
+            if entry is not None and entry[0]() is parameter and _same_layout(entry[2], matrix):
+                values = entry[2].copy_(matrix)  # the previous copy's memory, not a new allocation
+            else:
+                values = matrix.clone()
+            self._marks[id(parameter)] = (weakref.ref(parameter), parameter._version, values)
         else:
             self._marks.pop(id(parameter), None)
 
@@ -511,12 +527,7 @@ class _RetractionMarks:
         if entry[1] == parameter._version:
             return True
         values = entry[2]
-        same = (
-            values.shape == parameter.shape
-            and values.dtype == parameter.dtype
-            and values.device == parameter.device
-            and torch.equal(values, parameter.detach())
-        )
+        same = _same_layout(values, parameter) and torch.equal(values, parameter.detach())
         if same:
             self._marks[id(parameter)] = (entry[0], parameter._version, values)
         else:
@@ -544,6 +555,10 @@ class _RetractionMarks:
         self._marks = {}
 
 
+def _same_layout(first: Tensor, second: Tensor) -> bool:
+    return first.shape == second.shape and first.dtype == second.dtype and first.device == second.device
+
+
 class _RetractedState:
     """Mixin for layers with :class:`_RetractionMarks` (``self._retracted``): state dicts say, under
     ``RETRACTED_KEY``, whether the matrices of :meth:`_retractable_matrices` are what a retraction
@@ -553,6 +568,10 @@ class _RetractedState:
     _retracted: _RetractionMarks
 
     def _retractable_matrices(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def _retraction_plan(self) -> list[_PlannedRetraction]:
+        """What :meth:`retract_` does, for :func:`_retract_planned` (which batches plans together)."""
         raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -587,41 +606,113 @@ def _training_orthonormalization(parameter: Tensor, iterations: int, marks: _Ret
     return bjorck_orthonormalize(parameter, iterations)
 
 
-def _retracted_deviation_bound(gram: Tensor) -> float:
-    """Upper bound of the root mean square of ``lambda - 1`` over the Gram eigenvalues after one
-    Björck step, from the (scaled) Gram matrix ``G`` before it; the largest over a batch.
+def _retracted_deviation_bounds(deviation: Tensor) -> Tensor:
+    """Upper bounds of the root mean square of ``lambda - 1`` over the Gram eigenvalues after one
+    Björck step, from ``D = G - I`` for the (scaled) Gram matrices ``G`` before it: one per matrix,
+    shape ``D.shape[:-2]``.
 
     A step maps each eigenvalue ``1 + d`` of ``G`` to ``(1 + d)(1 - d / 2)^2 = 1 - d^2 (3 - d) / 4``,
-    so with ``D = G - I`` and ``a >= max |d|`` (``a = min(||D||_F, ||D||_inf)``), the deviation
-    after the step has a Frobenius norm of at most ``a (3 + a) / 4 ||D||_F``: O(m^2), no product.
+    so with ``a >= max |d|`` (``a = min(||D||_F, ||D||_inf)``), the deviation after the step has a
+    Frobenius norm of at most ``a (3 + a) / 4 ||D||_F``: O(m^2), no product.
     """
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    deviation = gram - eye
     frobenius = deviation.norm(dim=(-2, -1))
-    size = gram.shape[-1] ** 0.5
-    bound = float((frobenius.square() * (3 + frobenius) / 4).max()) / size
-    if bound <= MAX_RETRACTED_DEVIATION:  # near orthonormal: the Frobenius norm alone shows it
-        return bound
+    size = deviation.shape[-1] ** 0.5
+    bounds = frobenius.square() * (3 + frobenius) / (4 * size)
+    if float(bounds.max()) <= MAX_RETRACTED_DEVIATION:  # near orthonormal: the Frobenius norm shows it
+        return bounds
     largest = torch.minimum(frobenius, deviation.abs().sum(dim=-1).amax(dim=-1))
-    return float((frobenius * largest * (3 + largest) / 4).max()) / size
+    return frobenius * largest * (3 + largest) / (4 * size)
+
+
+def _gram(matrix: Tensor) -> Tensor:
+    """``matrix @ matrix.mT``: (m, n) -> (m, m). From 256 rows on a CPU, only the 10 blocks of a 4 x 4
+    tiling on and above the diagonal are multiplied and the others copied from them (the result is
+    symmetric): 0.68x the time of the full product for 512 x 784 on one thread."""
+    rows = matrix.shape[-2]
+    if matrix.dim() != 2 or rows < 256 or matrix.device.type != "cpu":
+        return matrix @ matrix.mT
+    gram = matrix.new_empty(rows, rows)
+    size = -(-rows // 4)
+    for start in range(0, rows, size):
+        torch.mm(matrix[start : start + size], matrix[start:].mT, out=gram[start : start + size, start:])
+    for start in range(size, rows, size):
+        gram[start : start + size, :start] = gram[:start, start : start + size].mT
+    return gram
 
 
 @torch.no_grad()
-def _retract(parameter: Tensor, steps: int) -> float:
-    """:func:`retract_matrix_`, returning :func:`_retracted_deviation_bound` of the result."""
+def _retracted(matrices: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """``steps`` Björck steps of each (*, m, n) matrix, after the starting scale of
+    :func:`bjorck_orthonormalize` (from the Gram matrix alone on a CPU where that is enough), and
+    :func:`_retracted_deviation_bounds` of each result (shape ``*``)."""
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}")
-    weight = parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
+    weight = matrices.float() if matrices.dtype in (torch.float16, torch.bfloat16) else matrices
     wide = weight.shape[-2] <= weight.shape[-1]
     matrix = weight if wide else weight.mT
     quick_start = matrix.device.type == "cpu" and not torch.compiler.is_compiling()
-    trace = _BjorckTrace()
-    result = _bjorck_steps(matrix, steps, None, trace=trace, quick_start=quick_start)
-    parameter.copy_(result if wide else result.mT)
-    # the Gram matrix before the last step is the second entry of its record in both forms
-    last_gram = trace.steps[-1][1]
-    assert last_gram is not None
-    return _retracted_deviation_bound(last_gram)
+    scale: Tensor | float = 1.0
+    bounds = torch.zeros(())
+    for step_index in range(steps):
+        gram = _gram(matrix)
+        if step_index == 0:
+            scale = _quick_starting_scale(gram) if quick_start else _starting_scale(gram)
+            gram.mul_(scale.square())
+        # with D = s^2 G - I, the step s X -> 1.5 s X - 0.5 s^3 (X X^T) X is (s I - 0.5 s D) X
+        deviation = gram
+        deviation.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+        if step_index + 1 == steps:
+            bounds = _retracted_deviation_bounds(deviation)
+        factor = deviation.mul_(-0.5 * scale)
+        factor.diagonal(dim1=-2, dim2=-1).add_(scale[..., 0] if isinstance(scale, Tensor) else scale)
+        matrix = factor @ matrix
+        scale = 1.0
+    return (matrix if wide else matrix.mT), bounds
+
+
+def _retract(parameter: Tensor, steps: int) -> float:
+    """:func:`retract_matrix_`, returning the largest of :func:`_retracted_deviation_bounds` of the result."""
+    result, bounds = _retracted(parameter, steps)
+    with torch.no_grad():
+        parameter.copy_(result)
+    return float(bounds.max())
+
+
+@dataclass
+class _PlannedRetraction:
+    """A matrix to retract, and the marks to mark it in afterwards (None: left unmarked)."""
+
+    matrix: Tensor
+    marks: _RetractionMarks | None
+
+
+def _retract_planned(plans: Sequence[_PlannedRetraction], steps: int) -> None:
+    """Retract every planned matrix, those of the same shape, dtype and device together
+    (:func:`_retract_together`), and mark each in its marks."""
+    groups: dict[tuple, list[_PlannedRetraction]] = {}
+    for plan in plans:
+        key = (plan.matrix.shape, plan.matrix.dtype, plan.matrix.device)
+        groups.setdefault(key, []).append(plan)
+    for members in groups.values():
+        bounds = _retract_together([plan.matrix for plan in members], steps)
+        for plan, bound in zip(members, bounds, strict=True):
+            if plan.marks is not None:
+                plan.marks.mark(plan.matrix, bound)
+
+
+def _retract_together(parameters: Sequence[Tensor], steps: int) -> list[float]:
+    """:func:`_retract` of each of ``parameters`` (same shape, dtype and device) in one batched pass.
+
+    Small matrices cost their ops' dispatch more than their arithmetic: the 64 x 64 layers of the
+    quickstart MLP retract in about a sixth of the time together. Returns each one's bound.
+    """
+    if len(parameters) == 1:
+        return [_retract(parameters[0], steps)]
+    with torch.no_grad():
+        results, bounds = _retracted(torch.stack([parameter.detach() for parameter in parameters]), steps)
+        for parameter, result in zip(parameters, results.unbind(0), strict=True):
+            parameter.copy_(result)
+    return bounds.reshape(len(parameters), -1).amax(dim=1).tolist()
 
 
 @torch.no_grad()
@@ -747,7 +838,10 @@ class OrthogonalLinear(_RetractedState, nn.Linear):
         forward or the backward, and for a batch of fewer rows than ``min(in_features,
         out_features)`` the projection is computed from the batch, not from the whole gradient.
         """
-        self._retracted.mark(self.weight_orig, _retract(self.weight_orig, steps))
+        _retract_planned(self._retraction_plan(), steps)
+
+    def _retraction_plan(self) -> list[_PlannedRetraction]:
+        return [_PlannedRetraction(self.weight_orig, self._retracted)]
 
     @property
     def weight(self) -> Tensor:  # type: ignore[override]

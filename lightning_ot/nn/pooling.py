@@ -11,12 +11,13 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from lightning_ot.nn._function import Function
 from lightning_ot.nn._transforms import is_transformed
 
 __all__ = ["GlobalL2NormPool2d", "InvertibleDownsampling", "L2NormPool2d", "l2_norm_pool2d"]
 
 
-class _L2NormPoolFunction(torch.autograd.Function):
+class _L2NormPoolFunction(Function):
     """L2-norm pooling over overlapping or padded windows, with a backward of two passes over the input.
 
     ``output = sqrt(scale * avg_pool(x^2) + eps)``, so ``grad_x = x * avg_pool_backward(scale * grad /
@@ -90,7 +91,7 @@ def _disjoint_sum_of_products(first: Tensor, second: Tensor, kernel: tuple[int, 
     return total
 
 
-class _DisjointL2NormPoolFunction(torch.autograd.Function):
+class _DisjointL2NormPoolFunction(Function):
     """L2-norm pooling over disjoint windows (stride = kernel size, no padding) by strided views.
 
     The pixel at offset ``(i, j)`` of every window is the strided view ``x[..., i::kh, j::kw]``: the

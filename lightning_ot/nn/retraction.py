@@ -29,7 +29,10 @@ and DDP's broadcast train exactly as the uninterrupted fit does. The nearness te
 from the Gram matrix the retraction computes anyway (a Björck step maps ``1 + d`` to
 ``1 - d^2 (3 - d) / 4``), and computes the Gram matrix of the result only when that bound is not
 enough (early in training); it reads one number back per matrix and retraction (a synchronization
-on an accelerator; not measured on a GPU).
+on an accelerator; not measured on a GPU). :func:`retract_weights_` retracts the matrices of the
+library's layers that share a shape, dtype and device in one batched pass (each ends as its layer's
+own ``retract_`` leaves it: small matrices cost their operations' dispatch more than their
+arithmetic), and computes a large matrix's Gram product from its blocks on and above the diagonal.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lightning_ot.nn.linear import BjorckOrthogonalization, retract_matrix_
+from lightning_ot.nn.conv import OrthogonalConv2d
+from lightning_ot.nn.linear import (
+    BjorckOrthogonalization,
+    OrthogonalLinear,
+    _PlannedRetraction,
+    _retract_planned,
+    retract_matrix_,
+)
 
 __all__ = ["retract_weights_"]
 
@@ -61,6 +71,9 @@ def retract_weights_(module: nn.Module, steps: int = 1) -> int:
     Returns:
         The number of layers retracted.
 
+    Matrices of the library's layers with the same shape, dtype and device are retracted together
+    in one batched pass; a layer whose class overrides ``retract_`` is called on its own.
+
     Example:
         >>> import torch
         >>> from lightning_ot.nn import OrthogonalLinear
@@ -77,14 +90,25 @@ def retract_weights_(module: nn.Module, steps: int = 1) -> int:
     if steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}")
     count = 0
+    # the library's layers are retracted together, so that matrices of one shape share one batched
+    # pass; a layer whose class overrides `retract_` gets its own call
+    plans: list[_PlannedRetraction] = []
     for submodule in module.modules():
         retract = getattr(submodule, "retract_", None)
         if callable(retract):
-            retract(steps)
+            if getattr(type(submodule), "retract_", None) in _PLANNED:
+                plans.extend(submodule._retraction_plan())  # type: ignore[operator]
+            else:
+                retract(steps)
             count += 1
         elif parametrize.is_parametrized(submodule):
             for parametrizations in submodule.parametrizations.values():
                 if len(parametrizations) == 1 and isinstance(parametrizations[0], BjorckOrthogonalization):
                     retract_matrix_(parametrizations.original, steps)
                     count += 1
+    _retract_planned(plans, steps)
     return count
+
+
+#: the ``retract_`` methods that :meth:`_retraction_plan` describes
+_PLANNED = (OrthogonalLinear.retract_, OrthogonalConv2d.retract_)

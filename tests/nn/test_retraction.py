@@ -362,9 +362,9 @@ def test_a_near_orthonormal_matrix_is_retracted_from_its_gram_matrix_alone(
     right = torch.linalg.qr(torch.randn(96, 64, generator=generator, dtype=torch.float64)).Q
     singular_values = 1 + spread * (2 * torch.rand(64, generator=generator, dtype=torch.float64) - 1)
     matrix = left @ torch.diag(singular_values) @ right.T  # 64 x 96
-    quick = linear_module._quick_starting_scale(matrix @ matrix.T)
+    _, enough = linear_module._scale_from_gram_alone(matrix @ matrix.T)
     if quick_start is not None:  # far from orthonormal, the powers are needed
-        assert (quick is not None) == quick_start
+        assert bool(enough) == quick_start
     retracted = linear_module.retract_matrix_(matrix.clone())
     after = torch.linalg.svdvals(retracted)
     assert float(after.max()) <= 1 + 1e-12
@@ -458,3 +458,78 @@ def test_the_tight_convnet_trains_alike_with_its_kernels_assembled_together() ->
         strict=True,
     ):
         torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (512, 784), (3, 16, 16)])
+def test_the_retraction_is_the_bjorck_iteration_from_its_starting_scale(
+    shape: tuple[int, ...], steps: int
+) -> None:
+    """The retraction's own loop (symmetric block Gram products, in-place updates) computes the
+    same steps as the differentiable iteration of the layers' forwards."""
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(shape, generator=generator, dtype=torch.float64) / shape[-1] ** 0.5
+    retracted, _ = linear_module._retracted(matrix, steps)
+    wide = matrix if shape[-2] <= shape[-1] else matrix.mT
+    reference = linear_module._bjorck_steps(wide, steps, None, quick_start=True)
+    torch.testing.assert_close(retracted, reference if shape[-2] <= shape[-1] else reference.mT)
+
+
+@pytest.mark.parametrize("rows", [256, 257, 510, 512])
+def test_the_blocked_gram_product_is_the_full_one_and_symmetric(rows: int) -> None:
+    matrix = torch.randn(rows, 300, generator=torch.Generator().manual_seed(rows))
+    gram = linear_module._gram(matrix)
+    torch.testing.assert_close(gram, matrix @ matrix.T, atol=1e-4, rtol=1e-5)
+    assert torch.equal(gram, gram.T)
+
+
+def test_layers_retracted_together_end_as_each_retracted_alone() -> None:
+    """``retract_weights_`` batches the matrices of one shape: every matrix and mark is what the
+    layer's own ``retract_`` gives, including a batch where only some matrices are near orthonormal
+    (each gets the starting scale it gets alone); a subclass that overrides ``retract_`` is called."""
+    calls: list[int] = []
+
+    class Counted(OrthogonalLinear):
+        def retract_(self, steps: int = 1) -> None:
+            calls.append(steps)
+            super().retract_(steps)
+
+    def network() -> nn.Module:
+        torch.manual_seed(0)
+        layers = [OrthogonalLinear(24, 24, dtype=torch.float64) for _ in range(4)]
+        layers += [OrthogonalConv2d(8, 8, 3, dtype=torch.float64) for _ in range(3)]
+        layers += [Counted(24, 24, dtype=torch.float64)]
+        return nn.ModuleList(layers)
+
+    together, alone = network(), network()
+    for model in (together, alone):
+        _drift_(model[0], seed=1)  # far from orthonormal: its batch needs the full starting scale
+        _drift_(model[4], seed=2)
+    assert retract_weights_(together, steps=1) == 8
+    assert calls == [1]
+    for layer in alone:
+        layer.retract_(1)
+    for first, second in zip(together, alone, strict=True):
+        for name, parameter in first.named_parameters():
+            torch.testing.assert_close(parameter, dict(second.named_parameters())[name], atol=1e-12, rtol=0)
+        for parameter, twin in zip(
+            first._retractable_matrices(), second._retractable_matrices(), strict=True
+        ):
+            assert first._retracted.fresh(parameter) == second._retracted.fresh(twin)
+    assert not together[0]._retracted.fresh(together[0].weight_orig)
+    assert together[1]._retracted.fresh(together[1].weight_orig)
+
+
+def test_a_mark_reuses_its_copy_of_the_retracted_values() -> None:
+    layer = OrthogonalLinear(32, 32)
+    retract_weights_(layer)
+    copy = layer._retracted._marks[id(layer.weight_orig)][2]
+    with torch.no_grad():
+        layer.weight_orig.add_(1e-4)
+    retract_weights_(layer)
+    again = layer._retracted._marks[id(layer.weight_orig)][2]
+    assert again.data_ptr() == copy.data_ptr()
+    assert torch.equal(again, layer.weight_orig.detach())
+    with torch.no_grad():
+        layer.weight_orig.copy_(layer.weight_orig.clone())  # the same values written again
+    assert layer._retracted.fresh(layer.weight_orig)
