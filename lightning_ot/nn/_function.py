@@ -6,12 +6,15 @@ import inspect
 from typing import Any
 
 import torch
-from torch._functorch.utils import unwrap_dead_wrappers
+
+try:
+    from torch._functorch.utils import unwrap_dead_wrappers
+except ImportError:  # a private API: without it, the standard apply
+    unwrap_dead_wrappers = None
 
 __all__ = ["Function"]
 
-# what ``torch.autograd.Function.apply`` tests before it calls autograd's C++ apply (a private API:
-# without it, the standard apply)
+# what ``torch.autograd.Function.apply`` tests before it calls autograd's C++ apply (private too)
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
@@ -59,7 +62,13 @@ class Function(torch.autograd.Function):
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        if kwargs or len(args) != cls._positional_count or _transforms_active is None or _transforms_active():
+        if (
+            kwargs
+            or len(args) != cls._positional_count
+            or _transforms_active is None
+            or unwrap_dead_wrappers is None
+            or _transforms_active()
+        ):
             return super().apply(*args, **kwargs)
         # the C++ apply, next in the method resolution order after torch.autograd.Function
         return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))

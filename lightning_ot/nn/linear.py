@@ -624,12 +624,16 @@ def _retracted_deviation_bounds(deviation: Tensor) -> Tensor:
     return frobenius * largest * (3 + largest) / (4 * size)
 
 
+#: Rows from which :func:`_gram` multiplies blocks (below, :func:`_retract_planned` batches matrices).
+_BLOCKED_GRAM_ROWS = 256
+
+
 def _gram(matrix: Tensor) -> Tensor:
     """``matrix @ matrix.mT``: (m, n) -> (m, m). From 256 rows on a CPU, only the 10 blocks of a 4 x 4
     tiling on and above the diagonal are multiplied and the others copied from them (the result is
-    symmetric): 0.68x the time of the full product for 512 x 784 on one thread."""
+    symmetric): 0.7-0.8x the time of the full product for 512 x 784 on one thread."""
     rows = matrix.shape[-2]
-    if matrix.dim() != 2 or rows < 256 or matrix.device.type != "cpu":
+    if matrix.dim() != 2 or rows < _BLOCKED_GRAM_ROWS or matrix.device.type != "cpu":
         return matrix @ matrix.mT
     gram = matrix.new_empty(rows, rows)
     size = -(-rows // 4)
@@ -689,9 +693,11 @@ class _PlannedRetraction:
 def _retract_planned(plans: Sequence[_PlannedRetraction], steps: int) -> None:
     """Retract every planned matrix, those of the same shape, dtype and device together
     (:func:`_retract_together`), and mark each in its marks."""
-    groups: dict[tuple, list[_PlannedRetraction]] = {}
+    groups: dict[object, list[_PlannedRetraction]] = {}
     for plan in plans:
-        key = (plan.matrix.shape, plan.matrix.dtype, plan.matrix.device)
+        # a large matrix's arithmetic outweighs its dispatch, and alone it gets the blocked Gram product
+        small = min(plan.matrix.shape[-2:]) < _BLOCKED_GRAM_ROWS
+        key = (plan.matrix.shape, plan.matrix.dtype, plan.matrix.device) if small else id(plan)
         groups.setdefault(key, []).append(plan)
     for members in groups.values():
         bounds = _retract_together([plan.matrix for plan in members], steps)
