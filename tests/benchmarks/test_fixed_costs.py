@@ -1,0 +1,26 @@
+"""The fixed-costs benchmark runs end to end on a few rounds (its figures are not asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fixed_costs.py"
+
+
+def test_prints_a_paired_ratio_for_each_path() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--threads", "1", "--rounds", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    ratios = re.findall(r"ratio ([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)", completed.stdout)
+    assert len(ratios) == 4
+    for ratio, low, high in ratios:
+        assert float(low) <= float(ratio) <= float(high)
+    assert "1 thread(s)" in completed.stdout
