@@ -29,10 +29,11 @@ and DDP's broadcast train exactly as the uninterrupted fit does. The nearness te
 from the Gram matrix the retraction computes anyway (a Björck step maps ``1 + d`` to
 ``1 - d^2 (3 - d) / 4``), and computes the Gram matrix of the result only when that bound is not
 enough (early in training); it reads one number back per matrix and retraction (a synchronization
-on an accelerator; not measured on a GPU). :func:`retract_weights_` retracts the matrices of the
-library's layers that share a shape, dtype and device in one batched pass (each ends as its layer's
-own ``retract_`` leaves it: small matrices cost their operations' dispatch more than their
-arithmetic), and computes a large matrix's Gram product from its blocks on and above the diagonal.
+on an accelerator; not measured on a GPU). :func:`retract_weights_` retracts the small matrices
+(fewer than 256 rows on their wide side) of the library's layers that share a shape, dtype and
+device in one batched pass, each ending as its layer's own ``retract_`` leaves it: such matrices
+cost their operations' dispatch more than their arithmetic. A larger matrix is retracted alone, its
+Gram product computed from the blocks on and above its diagonal.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def retract_weights_(module: nn.Module, steps: int = 1) -> int:
     Returns:
         The number of layers retracted.
 
-    Matrices of the library's layers with the same shape, dtype and device are retracted together
-    in one batched pass; a layer whose class overrides ``retract_`` is called on its own.
+    Small matrices of the library's layers (fewer than 256 rows on their wide side) with the same
+    shape, dtype and device are retracted together in one batched pass; a layer whose class
+    overrides ``retract_`` is called on its own.
 
     Example:
         >>> import torch
