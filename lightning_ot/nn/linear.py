@@ -143,7 +143,6 @@ def _bjorck_steps(
     iterations: int,
     tolerance: float | None,
     trace: _BjorckTrace | None = None,
-    quick_start: bool = False,
 ) -> Tensor:
     """Björck's iteration on a wide ``matrix`` (``m <= n``), after scaling its top singular value near 1.
 
@@ -152,10 +151,7 @@ def _bjorck_steps(
     """
     gram = matrix @ matrix.mT
     # with at least one step, the estimate of the top singular value may start it a little above 1
-    if quick_start and iterations > 0:
-        scale = _quick_starting_scale(gram)
-    else:
-        scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
+    scale = _starting_scale(gram) if iterations > 0 else _normalizing_scale(gram)
     gram = gram * scale.square()
     matrix = matrix * scale
     if trace is not None:
