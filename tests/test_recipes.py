@@ -21,6 +21,7 @@ from lightning_ot.recipes import available_recipes, recipe_path
 STEPPED: dict[str, tuple[list[int], int, list[str]]] = {
     "mnist_08": ([1, 28, 28], 2, []),
     "mnist5k": ([1, 28, 28], 10, []),
+    "mnist5k_08": ([1, 28, 28], 2, []),
     "fashion_mnist": ([1, 28, 28], 10, []),
     "celeba": ([3, 64, 64], 2, []),
     "cats_vs_dogs": ([3, 128, 128], 2, []),

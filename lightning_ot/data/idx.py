@@ -117,6 +117,7 @@ class MNISTDataModule(ImageDataModule):
             classes = [int(c) for c in classes]
             if len(set(classes)) < 2 or any(not 0 <= c <= 9 for c in classes):
                 raise ValueError(f"`classes` must list at least two distinct labels in 0..9, got {classes}")
+            self.class_names = tuple(type(self).class_names[label] for label in classes)
         self.classes = classes
 
     @property

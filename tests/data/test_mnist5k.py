@@ -39,6 +39,22 @@ def test_split_is_per_digit_first_400_train_last_100_validate() -> None:
     assert torch.equal(other.val_dataset.tensors[0], val_images)
 
 
+def test_classes_keep_their_split_and_are_relabelled_in_the_order_given() -> None:
+    everything = MNIST5kDataModule()
+    everything.setup("fit")
+    pair = MNIST5kDataModule(classes=[8, 0])
+    pair.setup("fit")
+    assert pair.num_classes == 2
+    assert pair.class_names == ("8", "0")
+    for split in ("train_dataset", "val_dataset"):
+        images, labels = getattr(pair, split).tensors
+        all_images, all_labels = getattr(everything, split).tensors
+        assert torch.bincount(labels).tolist() == ([400, 400] if split == "train_dataset" else [100, 100])
+        assert torch.equal(images[labels == 0], all_images[all_labels == 8])  # label 0 is now an 8
+        assert torch.equal(images[labels == 1], all_images[all_labels == 0])
+    assert MNIST5kDataModule().num_classes == 10
+
+
 def test_batches_are_float_images_in_unit_range() -> None:
     data = MNIST5kDataModule(batch_size=32)
     data.setup("fit")
@@ -65,6 +81,9 @@ def test_bad_arguments_and_missing_package_are_reported(monkeypatch: pytest.Monk
         MNIST5kDataModule(train_per_class=500)
     with pytest.raises(ValueError, match="mirrors digits"):
         MNIST5kDataModule(augmentation="flip")
+    for classes in ([3], [3, 3], [3, 10], [-1, 2]):
+        with pytest.raises(ValueError, match="`classes` must list at least two distinct digits"):
+            MNIST5kDataModule(classes=classes)
     from lightning_ot.data import mnist5k
 
     monkeypatch.setattr(mnist5k, "_read_mnist5k", mnist5k._read_mnist5k.__wrapped__)  # bypass the cache
@@ -99,3 +118,30 @@ def test_recipe_trains_on_the_real_digits(tmp_path, monkeypatch: pytest.MonkeyPa
     norms = gradient_norms(cli.model.backbone.eval(), images)
     assert float(norms.quantile(0.1)) > 0.99
     assert math.isfinite(float(cli.trainer.callback_metrics["val/certified_acc@0.5"]))
+
+
+@pytest.mark.slow
+def test_binary_recipe_trains_on_the_zeros_and_eights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two short epochs (12 steps) of mnist5k_08 on the real 0s and 8s: binary logits, accurate, tight."""
+    from lightning_ot.fit import main
+    from lightning_ot.nn import gradient_norms
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(
+        [
+            "--recipe", "mnist5k_08",
+            "--trainer.max_epochs", "2",
+            "--trainer.logger", "false",
+            "--trainer.enable_checkpointing", "false",
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.callbacks", "[]",
+        ]
+    )  # fmt: skip
+    data = cli.datamodule
+    assert data.num_classes == 2
+    assert len(data.val_dataset) == 200
+    assert float(cli.trainer.callback_metrics["val/acc"]) > 0.8  # chance is 0.5
+    images = data.val_dataset.tensors[0][::20].float() / 255
+    model = cli.model.backbone.eval()
+    assert model(images).shape == (10, 1)
+    assert float(gradient_norms(model, images).min()) > 0.99
