@@ -107,8 +107,9 @@ class ExplanationCallback(pl.Callback):
     - ``tightness``: the median of the distance to the boundary counterfactual divided by the
       certified radius (>= 1 always; 1 is ideal; ``boundary_search="nearest"`` measures it with the
       nearest boundary point found);
-    - ``flip_rate`` (transports at the largest step that changed the class), ``boundary_reached``
-      (boundary counterfactuals that landed on it or flipped);
+    - ``flip_rate`` (transports at the largest step that changed the class), ``flip_rate@{t}`` the
+      same at each step size ``t`` (how straight the transports are: see ``step_sizes``),
+      ``boundary_reached`` (boundary counterfactuals that landed on it or flipped);
     - ``deletion``, ``insertion``, ``mu_fidelity``, ``stability`` (the L2 stability: mean L2
       distance between explanations, not the Spearman stability of the reproduction), ``sparseness``
       (with ``compute_metrics``, every ``metrics_every_n_epochs``-th time the callback runs).

@@ -119,12 +119,15 @@ class Explanation:
         - ``tightness``: median of ``boundary_distance / certified_radius`` over the samples where it
           is defined (NaN if none);
         - ``boundary_reached``: fraction of boundary counterfactuals on the boundary or past it;
-        - ``flip_rate``: fraction of transports at the largest step size that changed the class.
+        - ``flip_rate``: fraction of transports at the largest step size that changed the class;
+        - ``flip_rate@{t}`` for each step size ``t`` (e.g. ``flip_rate@1.1``): the same at ``t``. For
+          a tight network, ``t = 1`` is the certified radius and cannot flip; how fast the rate
+          rises after it says how straight the gradient lines run to the boundary.
 
         Example:
-            >>> summary = explain(torch.nn.Linear(3, 2), torch.rand(4, 3)).summary()
-            >>> sorted(summary)[:3]
-            ['boundary_reached', 'flip_rate', 'gradient_norm']
+            >>> summary = explain(torch.nn.Linear(3, 2), torch.rand(4, 3), step_sizes=(1.0, 1.1)).summary()
+            >>> sorted(summary)[:4]
+            ['boundary_reached', 'flip_rate', 'flip_rate@1', 'flip_rate@1.1']
         """
         gradient_norm = self.gradient_norm.double()
         tightness = self.tightness.double()
@@ -135,6 +138,9 @@ class Explanation:
             "tightness": float(tightness.nanquantile(0.5)) if bool(tightness.isfinite().any()) else math.nan,
             "boundary_reached": float(self.reached_boundary.double().mean()),
             "flip_rate": float(self.transport_flipped[:, -1].double().mean()),
+        } | {
+            f"flip_rate@{step:g}": float(self.transport_flipped[:, index].double().mean())
+            for index, step in enumerate(self.step_sizes)
         }
 
 

@@ -25,6 +25,7 @@ from tests.conftest import REPO_ROOT
 METRICS = (
     "deletion", "insertion", "mu_fidelity", "stability", "sparseness", "flip_rate", "boundary_reached",
     "gradient_norm", "gradient_norm_p10", "pair_gradient_norm", "tightness",
+    "flip_rate@0.5", "flip_rate@1", "flip_rate@2",  # one per step size of the default (0.5, 1, 2)
 )  # fmt: skip
 
 

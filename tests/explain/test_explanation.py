@@ -93,6 +93,9 @@ def test_explain_agrees_with_the_separate_functions_on_an_otnn():
     summary = result.summary()
     assert summary["gradient_norm_p10"] <= summary["gradient_norm"] <= 1 + 1e-4
     assert summary["gradient_norm"] == pytest.approx(float(result.gradient_norm.double().median()), abs=0.05)
+    for index, step in enumerate(result.step_sizes):  # a flip rate per step size, the last one unnamed too
+        assert summary[f"flip_rate@{step:g}"] == float(result.transport_flipped[:, index].double().mean())
+    assert summary["flip_rate"] == summary[f"flip_rate@{result.step_sizes[-1]:g}"]
 
 
 def test_binary_explanation_and_explicit_target():
