@@ -9,7 +9,9 @@ needs ``pip install wandb-workspaces`` and a logged-in W&B client (``wandb login
 - *hKR loss*: the loss and its KR and hinge terms, training and validation;
 - *Explanations*: the saliency / counterfactual grids that the ``ExplanationCallback`` logs
   (``explain/grid``) in a media browser, with the explanation metrics (Deletion, Insertion,
-  MuFidelity, stability, sparseness), the transport flip rate and the input-gradient norm;
+  MuFidelity, stability, sparseness), the transport flip rates (at the largest step and at each of
+  ``--flip-steps``) and the tightness figures: the input-gradient norm (median, 10th percentile)
+  and the boundary distance over the certified radius;
 - *Sweeps*: a parallel-coordinates plot of the loss and optimizer hyper-parameters against the best
   validation accuracy, and their importance.
 
@@ -24,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SWEPT_PARAMETERS", "build_workspace", "describe", "main"]
+__all__ = ["SWEPT_PARAMETERS", "TIGHTNESS_PANELS", "build_workspace", "describe", "main"]
 
 #: Config keys (as :class:`~lightning_ot.fit.SaveConfigToLoggers` writes them) shown in the sweep panels.
 SWEPT_PARAMETERS: tuple[str, ...] = (
@@ -36,7 +38,12 @@ SWEPT_PARAMETERS: tuple[str, ...] = (
 )
 
 EXPLANATION_METRICS: tuple[str, ...] = ("deletion", "insertion", "mu_fidelity", "stability", "sparseness")
-TRANSPORT_METRICS: tuple[str, ...] = ("flip_rate", "boundary_reached", "gradient_norm")
+TRANSPORT_METRICS: tuple[str, ...] = ("flip_rate", "boundary_reached")
+#: Panels of the tightness figures, each with the keys it plots (under the explanation prefix).
+TIGHTNESS_PANELS: dict[str, tuple[str, ...]] = {
+    "gradient norm ||grad f_k|| (1 is tight)": ("gradient_norm", "gradient_norm_p10"),
+    "boundary distance / certified radius (1 is tight)": ("tightness",),
+}
 
 
 def _import_workspaces() -> tuple[Any, Any]:
@@ -58,6 +65,7 @@ def build_workspace(
     explanation_prefix: str = "explain",
     media_keys: Sequence[str] | None = None,
     swept_parameters: Sequence[str] = SWEPT_PARAMETERS,
+    flip_steps: Sequence[float] = (),
 ) -> Any:
     """The dashboard as a ``wandb_workspaces.workspaces.Workspace`` (not saved: call ``.save()``).
 
@@ -69,6 +77,8 @@ def build_workspace(
         explanation_prefix: the ``prefix`` of the explanation callback.
         media_keys: image keys shown in the media browser; default ``[f"{explanation_prefix}/grid"]``.
         swept_parameters: config keys shown against the best validation accuracy.
+        flip_steps: step sizes of the callback whose flip rates ``flip_rate@{t}`` share one panel
+            (how straight the transports are; e.g. ``(1.1, 1.2)`` with the ``mnist5k_08`` recipe).
 
     Example:
         >>> workspace = build_workspace("my-team", "lightning-ot")  # doctest: +SKIP
@@ -80,6 +90,8 @@ def build_workspace(
             raise ValueError(f"`{argument}` must be a non-empty string, got {value!r}")
     if not certified_eps or any(eps < 0 for eps in certified_eps):
         raise ValueError(f"`certified_eps` must be a non-empty list of radii >= 0, got {list(certified_eps)}")
+    if any(step < 0 for step in flip_steps):
+        raise ValueError(f"`flip_steps` must be step sizes >= 0, got {list(flip_steps)}")
     workspaces, reports = _import_workspaces()
     prefix = explanation_prefix.rstrip("/")
     media = list(media_keys) if media_keys is not None else [f"{prefix}/grid"]
@@ -124,6 +136,21 @@ def build_workspace(
                 reports.LinePlot(title=metric, x="trainer/global_step", y=[f"{prefix}/{metric}"])
                 for metric in EXPLANATION_METRICS + TRANSPORT_METRICS
             ],
+            *[
+                reports.LinePlot(title=title, x="trainer/global_step", y=[f"{prefix}/{key}" for key in keys])
+                for title, keys in TIGHTNESS_PANELS.items()
+            ],
+            *(
+                [
+                    reports.LinePlot(
+                        title="transport flip rate by step (multiples of the boundary distance)",
+                        x="trainer/global_step",
+                        y=[f"{prefix}/flip_rate@{step:g}" for step in flip_steps],
+                    )
+                ]
+                if flip_steps
+                else []
+            ),
         ],
     )
     sweeps = workspaces.Section(
@@ -194,6 +221,9 @@ def main(args: Sequence[str] | None = None) -> Any:
     )
     parser.add_argument("--explanation-prefix", default="explain", help="prefix of the explanation callback")
     parser.add_argument("--media-keys", nargs="+", default=None, help="image keys of the media browser")
+    parser.add_argument(
+        "--flip-steps", type=float, nargs="+", default=[], help="step sizes whose flip rates are plotted"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the panels, do not contact W&B")
     options = parser.parse_args(args)
     try:
@@ -204,6 +234,7 @@ def main(args: Sequence[str] | None = None) -> Any:
             certified_eps=options.certified_eps,
             explanation_prefix=options.explanation_prefix,
             media_keys=options.media_keys,
+            flip_steps=options.flip_steps,
         )
     except (ValueError, ImportError) as error:
         parser.exit(2, f"error: {error}\n")

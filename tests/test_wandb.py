@@ -174,6 +174,13 @@ def test_dashboard_layout() -> None:
     assert [panel["keys"] for panel in media] == [["explain/grid"]]
     explanation_keys = {key for panel in panels["Explanations"] for key in panel["keys"]}
     assert {"explain/mu_fidelity", "explain/deletion", "explain/flip_rate"} <= explanation_keys
+    tightness = {panel["title"]: panel["keys"] for panel in panels["Explanations"]}
+    assert tightness["gradient norm ||grad f_k|| (1 is tight)"] == [
+        "explain/gradient_norm",
+        "explain/gradient_norm_p10",
+    ]
+    assert tightness["boundary distance / certified radius (1 is tight)"] == ["explain/tightness"]
+    assert not any("flip_rate@" in key for key in explanation_keys)  # no steps asked for
     certified = next(panel for panel in panels["Accuracy and certificates"] if "certified" in panel["title"])
     assert certified["keys"] == ["val/certified_acc@0.1", "val/certified_acc@0.5"]
     sweep_keys = {key for panel in panels["Sweeps"] for key in panel["keys"]}
@@ -182,6 +189,15 @@ def test_dashboard_layout() -> None:
     serialized = workspace._to_model().model_dump_json()
     assert "explain/grid" in serialized
     assert "val/certified_acc@0.5" in serialized
+
+
+@needs_workspaces
+def test_dashboard_plots_the_flip_rates_of_the_steps_asked_for() -> None:
+    panels = _panels(build_workspace("team", "p", flip_steps=(1.1, 1.2)))["Explanations"]
+    by_step = [panel for panel in panels if panel["title"].startswith("transport flip rate by step")]
+    assert [panel["keys"] for panel in by_step] == [["explain/flip_rate@1.1", "explain/flip_rate@1.2"]]
+    with pytest.raises(ValueError, match="flip_steps"):
+        build_workspace("team", "p", flip_steps=(-1.0,))
 
 
 @needs_workspaces
