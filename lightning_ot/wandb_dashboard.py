@@ -125,6 +125,15 @@ def build_workspace(
             ),
         ],
     )
+    flip_rates_by_step = []
+    if flip_steps:
+        flip_rates_by_step.append(
+            reports.LinePlot(
+                title="transport flip rate by step (multiples of the boundary distance)",
+                x="trainer/global_step",
+                y=[f"{prefix}/flip_rate@{step:g}" for step in flip_steps],
+            )
+        )
     explanations = workspaces.Section(
         name="Explanations",
         is_open=True,
@@ -140,17 +149,7 @@ def build_workspace(
                 reports.LinePlot(title=title, x="trainer/global_step", y=[f"{prefix}/{key}" for key in keys])
                 for title, keys in TIGHTNESS_PANELS.items()
             ],
-            *(
-                [
-                    reports.LinePlot(
-                        title="transport flip rate by step (multiples of the boundary distance)",
-                        x="trainer/global_step",
-                        y=[f"{prefix}/flip_rate@{step:g}" for step in flip_steps],
-                    )
-                ]
-                if flip_steps
-                else []
-            ),
+            *flip_rates_by_step,
         ],
     )
     sweeps = workspaces.Section(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_ot.data._classes import check_classes, relabel
 from lightning_ot.data.sampling import resumable_loader
 
 __all__ = ["DigitsDataModule"]
@@ -45,15 +46,11 @@ class DigitsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if classes is not None:
-            classes = [int(c) for c in classes]
-            if len(set(classes)) < 2 or any(not 0 <= c <= 9 for c in classes):
-                raise ValueError(f"`classes` must list at least two distinct digits in 0..9, got {classes}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-        self.classes = classes
+        self.classes = check_classes(classes)
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.seed = seed
@@ -77,8 +74,7 @@ class DigitsDataModule(pl.LightningDataModule):
         if self.classes is not None:
             keep = np.isin(labels, self.classes)
             images, labels = images[keep], labels[keep]
-            relabel = {digit: index for index, digit in enumerate(self.classes)}
-            labels = np.array([relabel[int(label)] for label in labels], dtype=np.int64)
+            labels = relabel(labels, self.classes)
         train_x, val_x, train_y, val_y = train_test_split(
             images, labels, test_size=self.val_fraction, random_state=self.seed, stratify=labels
         )

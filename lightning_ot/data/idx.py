@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from lightning_ot.data._classes import check_classes, relabel
 from lightning_ot.data.images import Augmentation, DatasetLayoutError, ImageDataModule
 
 __all__ = ["FashionMNISTDataModule", "MNISTDataModule", "read_idx"]
@@ -113,12 +114,9 @@ class MNISTDataModule(ImageDataModule):
             )
         for images, labels in _FILES.values():
             _find(self.root, images), _find(self.root, labels)
-        if classes is not None:
-            classes = [int(c) for c in classes]
-            if len(set(classes)) < 2 or any(not 0 <= c <= 9 for c in classes):
-                raise ValueError(f"`classes` must list at least two distinct labels in 0..9, got {classes}")
-            self.class_names = tuple(type(self).class_names[label] for label in classes)
-        self.classes = classes
+        self.classes = check_classes(classes)
+        if self.classes is not None:
+            self.class_names = tuple(type(self).class_names[label] for label in self.classes)
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]
@@ -136,9 +134,7 @@ class MNISTDataModule(ImageDataModule):
         if self.classes is not None:
             keep = np.isin(labels, self.classes)
             images, labels = images[keep], labels[keep]
-            lookup = np.full(10, -1, dtype=np.int64)
-            lookup[self.classes] = np.arange(len(self.classes))
-            labels = lookup[labels]
+            labels = relabel(labels, self.classes)
         return TensorDataset(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels))
 
     def setup(self, stage: str | None = None) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from lightning_ot.data._classes import check_classes, relabel
 from lightning_ot.data.images import Augmentation, ImageDataModule
 
 __all__ = ["MNIST5kDataModule", "load_mnist5k"]
@@ -107,12 +108,9 @@ class MNIST5kDataModule(ImageDataModule):
             )
         if augmentation in ("flip", "crop_flip", "resized_crop_flip"):
             raise ValueError(f"`augmentation` {augmentation!r} mirrors digits; use 'shift' or 'none'")
-        if classes is not None:
-            classes = [int(digit) for digit in classes]
-            if len(set(classes)) != len(classes) or len(classes) < 2 or any(not 0 <= c <= 9 for c in classes):
-                raise ValueError(f"`classes` must list at least two distinct digits in 0..9, got {classes}")
-            self.class_names = tuple(str(digit) for digit in classes)
-        self.classes = classes
+        self.classes = check_classes(classes)
+        if self.classes is not None:
+            self.class_names = tuple(str(digit) for digit in self.classes)
         self.train_per_class = train_per_class
 
     @property
@@ -132,9 +130,7 @@ class MNIST5kDataModule(ImageDataModule):
             positions = np.flatnonzero(labels == digit)
             train_index.append(positions[: self.train_per_class])
             val_index.append(positions[self.train_per_class :])
-        lookup = np.full(10, -1, dtype=np.int64)
-        lookup[digits] = np.arange(len(digits))
-        tensors = torch.from_numpy(images.copy())[:, None], torch.from_numpy(lookup[labels])
+        tensors = torch.from_numpy(images.copy())[:, None], torch.from_numpy(relabel(labels, digits))
         train, val = np.concatenate(train_index), np.concatenate(val_index)
         self.train_dataset = TensorDataset(tensors[0][train], tensors[1][train])
         self.val_dataset = self.test_dataset = TensorDataset(tensors[0][val], tensors[1][val])

@@ -39,6 +39,8 @@ def test_mnist_binary_subset_relabels(mnist_root) -> None:
     assert module.num_classes == 2
     assert module.class_names == ("T-shirt/top", "Bag")  # the names follow the relabelling
     assert FashionMNISTDataModule.class_names[1] == "Trouser"  # the class's names are untouched
+    with pytest.raises(ValueError, match=r"`classes` must list at least two distinct labels in 0\.\.9"):
+        FashionMNISTDataModule(root, classes=[0, 0, 8])  # a repeated label would leave a class empty
     labels = module.train_dataset.tensors[1]
     original = data["train"][1][np.isin(data["train"][1], [0, 8])]
     np.testing.assert_array_equal(labels.numpy(), (original == 8).astype(np.int64))
