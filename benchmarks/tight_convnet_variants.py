@@ -1,0 +1,98 @@
+"""The training-step tax of `NormPreservingConvNet` variants, timed in one interleaved run.
+
+    python benchmarks/tight_convnet_variants.py --threads 1
+    python benchmarks/tight_convnet_variants.py --threads 1 --batch-size 256 --variants 512/3,6 256/3,6
+
+Each variant is ``HIDDEN/STAGE_CONVS``: the hidden widths of the head (comma-separated, empty for
+none: ``/3,6`` is a 784 -> 10 head) and the orthogonal convolutions per stage. The mnist5k recipe's
+backbone is ``512/3,6`` (kernel sizes 5 and 3). Every variant is first trained for
+``--pretrain-steps`` Adam steps with retraction after each step, as ``OTClassifier(retraction_steps=1)``
+trains, so that the timing is of a network in training, not at initialization. Then the training
+steps (forward, cross-entropy, backward, Adam, retraction) of every variant and of its plain twin
+(the same layers as ``nn.Linear`` / ``nn.Conv2d`` with ReLU) are called in turn, round after round,
+so that a load spike on a shared machine slows all of them alike; the script prints each variant's
+median per-round ratio to its own twin, with the quartiles, and the milliseconds per step.
+
+The cost that does not shrink with the batch is the head's retraction, which is O(m^2 n) for an
+m x n matrix (two 512 x 512 x 784 products for the recipe's head): the variants show what a narrower
+head or a larger batch buys, the accuracy and tightness they cost are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lipschitz_tax import interleaved_times, paired_ratio, pretrain, training_step
+
+from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
+
+
+def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``"512/3,6"`` -> ``((512,), (3, 6))``; ``"/3,6"`` -> ``((), (3, 6))``."""
+    hidden, _, convs = text.partition("/")
+    try:
+        hidden_features = tuple(int(width) for width in hidden.split(",") if width)
+        stage_convs = tuple(int(count) for count in (convs or "3,6").split(","))
+    except ValueError:
+        raise ValueError(
+            f"--variants: expected HIDDEN/STAGE_CONVS such as 512/3,6 or 256,256/3,6, got {text!r}"
+        ) from None
+    return hidden_features, stage_convs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=["512/3,6", "256/3,6", "256,256/3,6", "256/3,8", "/3,6"]
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--pretrain-lr", type=float, default=5e-3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    try:
+        variants = {text: parse_variant(text) for text in args.variants}
+    except ValueError as error:
+        parser.error(str(error))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"after {args.pretrain_steps} Adam steps at lr {args.pretrain_lr:g} with retraction"
+    )
+    batch = torch.rand(args.batch_size, 1, 28, 28)
+    target = torch.randint(0, 10, (args.batch_size,))
+    steps = {}
+    for text, (hidden_features, stage_convs) in variants.items():
+        model = NormPreservingConvNet(
+            1, 10, 28, stage_convs=stage_convs, kernel_size=(5, 3), hidden_features=hidden_features
+        )
+        twin = unconstrained_twin(model)
+        pretrain(model, (1, 28, 28), 10, args.pretrain_steps, args.pretrain_lr, retraction_steps=1)
+        steps[f"twin {text}"] = training_step(twin, batch, target)
+        steps[text] = training_step(model, batch, target, retraction_steps=1)
+    times = interleaved_times(steps, args.repeats, args.warmup)
+    for text in variants:
+        ratio, low, high = paired_ratio(times[text], times[f"twin {text}"])
+        print(
+            f"  {text:14s} {1000 * statistics.median(times[text]):7.1f} ms/step, twin "
+            f"{1000 * statistics.median(times[f'twin {text}']):7.1f} ms   ratio {ratio:.2f}x "
+            f"(quartiles {low:.2f}-{high:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The tight-ConvNet variants benchmark runs end to end on a tiny configuration (figures not asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tight_convnet_variants.py"
+
+
+def _run(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_prints_a_paired_ratio_for_each_variant() -> None:
+    completed = _run(
+        "--threads", "1", "--batch-size", "8", "--repeats", "3", "--warmup", "1", "--pretrain-steps", "2",
+        "--variants", "64/1,1", "/1,1",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    rows = re.findall(
+        r"^ +(\S+) +[\d.]+ ms/step, twin +[\d.]+ ms +ratio ([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)",
+        completed.stdout,
+        flags=re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["64/1,1", "/1,1"]
+    for _, ratio, low, high in rows:
+        assert float(low) <= float(ratio) <= float(high)
+    assert "batch 8, after 2 Adam steps" in completed.stdout
+
+
+def test_a_malformed_variant_is_refused_by_name() -> None:
+    completed = _run("--variants", "wide/3,6", "--pretrain-steps", "0")
+    assert completed.returncode != 0
+    assert "--variants: expected HIDDEN/STAGE_CONVS" in completed.stderr
+    assert "'wide/3,6'" in completed.stderr
