@@ -1,7 +1,7 @@
 """Measure the claims of Serrurier et al. (NeurIPS 2023) on an OTNN and its unconstrained twin.
 
     python -m lightning_ot.reproduce [--recipe quickstart | --config FILE] [--epochs N]
-        [--output-dir reproduction] [--skip-twin-baselines]
+        [--output-dir reproduction] [--skip-twin-baselines] [--save-networks]
 
 Trains the model of a recipe or of any LightningCLI config file (a 1-Lipschitz backbone with an hKR
 loss) and the *unconstrained twin*: the
@@ -28,7 +28,8 @@ network, on the validation set:
   gradient is already smooth; large for an unconstrained network).
 
 It writes ``results.json``, ``table.md`` (markdown) and the figures ``saliency.png`` and
-``transports.png`` (rendered by :func:`~lightning_ot.explain.render_grid`) to ``--output-dir``. On the quickstart recipe (scikit-learn's
+``transports.png`` (rendered by :func:`~lightning_ot.explain.render_grid`) to ``--output-dir``, and
+with ``--save-networks`` the trained networks (``otnn.ckpt``, ``twin.pt``). On the quickstart recipe (scikit-learn's
 8x8 digits) the whole run takes a few minutes on a CPU.
 """
 
@@ -228,7 +229,9 @@ def _from_config(
     return cli.model, cli.datamodule, int(cli.trainer.max_epochs or 10)
 
 
-def _train(model: OTClassifier, datamodule: pl.LightningDataModule, epochs: int, seed: int) -> float:
+def _train(
+    model: OTClassifier, datamodule: pl.LightningDataModule, epochs: int, seed: int
+) -> tuple[float, pl.Trainer]:
     pl.seed_everything(seed, verbose=False)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -243,7 +246,7 @@ def _train(model: OTClassifier, datamodule: pl.LightningDataModule, epochs: int,
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, trainer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -557,6 +560,7 @@ def reproduce(
     config: str | Path | None = None,
     twin_baselines: bool = True,
     twin_copies_weights: bool = True,
+    save_networks: bool = False,
 ) -> list[NetworkResults]:
     """Train the OTNN of a recipe or config and its unconstrained twin, measure both, write the table
     and figures.
@@ -585,6 +589,10 @@ def reproduce(
             start from the same point; ``False``: PyTorch's default initialization (deep narrow plain
             networks such as the twin of :class:`~lightning_ot.models.NormPreservingConvNet` then
             stay at chance).
+        save_networks: also write the trained networks: ``otnn.ckpt``, a Lightning checkpoint
+            (``OTClassifier.load_from_checkpoint``, or ``python -m lightning_ot.explain --ckpt_path``),
+            and ``twin.pt``, the state dict of the twin's backbone, which loads into
+            ``unconstrained_twin(OTClassifier.load_from_checkpoint("otnn.ckpt").backbone)``.
 
     Returns:
         the results of the OTNN, then of the twin.
@@ -622,8 +630,11 @@ def reproduce(
         lr_scheduler=otnn.lr_scheduler_factory,
         audit_lipschitz=False,
     )
-    otnn_seconds = _train(otnn, datamodule, epochs, seed)
-    twin_seconds = _train(twin, datamodule, epochs, seed)
+    otnn_seconds, otnn_trainer = _train(otnn, datamodule, epochs, seed)
+    twin_seconds, _ = _train(twin, datamodule, epochs, seed)
+    if save_networks:
+        otnn_trainer.save_checkpoint(output_dir / "otnn.ckpt")
+        torch.save(twin.backbone.state_dict(), output_dir / "twin.pt")
 
     inputs, targets = validation_tensors(datamodule)
     # explained samples drawn at random: validation sets are often sorted by class (mnist5k is)
@@ -729,6 +740,11 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
     )
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument(
+        "--save-networks",
+        action="store_true",
+        help="also write the trained OTNN (otnn.ckpt, a Lightning checkpoint) and the twin's backbone (twin.pt)",
+    )
+    parser.add_argument(
         "--override",
         action="append",
         default=[],
@@ -752,12 +768,15 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
             config=options.config,
             twin_baselines=not options.skip_twin_baselines,
             twin_copies_weights=not options.twin_default_init,
+            save_networks=options.save_networks,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     print((options.output_dir / "table.md").read_text())
-    written = "table.md, results.json" + ("" if options.no_figures else " and the figures")
-    print(f"wrote {written} to {options.output_dir}")
+    written = ["table.md", "results.json"]
+    written += [] if options.no_figures else ["the figures"]
+    written += ["otnn.ckpt", "twin.pt"] if options.save_networks else []
+    print(f"wrote {', '.join(written[:-1])} and {written[-1]} to {options.output_dir}")
     return results
 
 

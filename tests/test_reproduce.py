@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_ot import OTClassifier
+from lightning_ot.data import DigitsDataModule
+from lightning_ot.explain_cli import validation_tensors
+from lightning_ot.models import unconstrained_twin
 from lightning_ot.reproduce import (
     CrossEntropy,
     NetworkResults,
@@ -122,9 +126,19 @@ def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None
     otnn, twin = main([
         "--config", str(config), "--epochs", "1", "--num-explained", "6", "--mu-fidelity-samples", "4",
         "--stability-samples", "1", "--smoothgrad-samples", "2", "--skip-twin-baselines",
-        "--output-dir", str(output),
+        "--save-networks", "--output-dir", str(output),
     ])  # fmt: skip
     assert set(twin.explanations) == {"saliency"}
+    # The saved networks are the measured ones: reloaded, they classify the validation set as measured.
+    loaded = OTClassifier.load_from_checkpoint(output / "otnn.ckpt", map_location="cpu").eval()
+    loaded_twin = unconstrained_twin(loaded.backbone)
+    loaded_twin.load_state_dict(torch.load(output / "twin.pt"))
+    inputs, targets = validation_tensors(DigitsDataModule(val_fraction=0.2, seed=0))  # the config's split
+    with torch.no_grad():
+        otnn_accuracy = (loaded(inputs).argmax(1) == targets).double().mean()
+        twin_accuracy = (loaded_twin.eval()(inputs).argmax(1) == targets).double().mean()
+    assert float(otnn_accuracy) == pytest.approx(otnn.accuracy)
+    assert float(twin_accuracy) == pytest.approx(twin.accuracy)
     table = (output / "table.md").read_text()
     assert "SmoothGrad |" not in table.split("| network |", 1)[1].split("\n\n")[0]
     assert "| median ‖∇f_k‖ of the predicted class (1 is tight) |" in table
