@@ -29,8 +29,8 @@ network, on the validation set:
 
 It writes ``results.json``, ``table.md`` (markdown) and the figures ``saliency.png`` and
 ``transports.png`` (rendered by :func:`~lightning_ot.explain.render_grid`) to ``--output-dir``, and
-with ``--save-networks`` the trained networks (``otnn.ckpt``, ``twin.pt``). On the quickstart recipe (scikit-learn's
-8x8 digits) the whole run takes a few minutes on a CPU.
+with ``--save-networks`` the trained networks (``otnn.ckpt``, ``twin.pt``). On the quickstart
+recipe (scikit-learn's 8x8 digits) the whole run takes a few minutes on a CPU.
 """
 
 from __future__ import annotations
