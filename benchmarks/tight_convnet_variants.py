@@ -11,7 +11,8 @@ trains, so that the timing is of a network in training, not at initialization. T
 steps (forward, cross-entropy, backward, Adam, retraction) of every variant and of its plain twin
 (the same layers as ``nn.Linear`` / ``nn.Conv2d`` with ReLU) are called in turn, round after round,
 so that a load spike on a shared machine slows all of them alike; the script prints each variant's
-median per-round ratio to its own twin, with the quartiles, and the milliseconds per step.
+median per-round ratio to its own twin, with the quartiles, the milliseconds per step, and the
+gradient norm ``||grad f_k||`` of its top output on random images (1 = tight).
 
 The cost that does not shrink with the batch is the head's retraction, which is O(m^2 n) for an
 m x n matrix (two 512 x 512 x 784 products for the recipe's head): the variants show what a narrower
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lipschitz_tax import interleaved_times, paired_ratio, pretrain, training_step
 
 from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
+from lightning_ot.nn import gradient_norms
 
 
 def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -75,13 +77,17 @@ def main() -> None:
     )
     batch = torch.rand(args.batch_size, 1, 28, 28)
     target = torch.randint(0, 10, (args.batch_size,))
+    probes = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     steps = {}
+    norms = {}
     for text, (hidden_features, stage_convs) in variants.items():
         model = NormPreservingConvNet(
             1, 10, 28, stage_convs=stage_convs, kernel_size=(5, 3), hidden_features=hidden_features
         )
         twin = unconstrained_twin(model)
         pretrain(model, (1, 28, 28), 10, args.pretrain_steps, args.pretrain_lr, retraction_steps=1)
+        # before `training_step`, which puts the model back in training mode
+        norms[text] = gradient_norms(model.eval(), probes)
         steps[f"twin {text}"] = training_step(twin, batch, target)
         steps[text] = training_step(model, batch, target, retraction_steps=1)
     times = interleaved_times(steps, args.repeats, args.warmup)
@@ -90,7 +96,8 @@ def main() -> None:
         print(
             f"  {text:14s} {1000 * statistics.median(times[text]):7.1f} ms/step, twin "
             f"{1000 * statistics.median(times[f'twin {text}']):7.1f} ms   ratio {ratio:.2f}x "
-            f"(quartiles {low:.2f}-{high:.2f})"
+            f"(quartiles {low:.2f}-{high:.2f}); ||grad f_k|| of the top output on 64 random images: "
+            f"median {norms[text].median():.3f}, 10th percentile {norms[text].quantile(0.1):.3f}"
         )
 
 

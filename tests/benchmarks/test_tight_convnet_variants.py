@@ -23,13 +23,16 @@ def test_prints_a_paired_ratio_for_each_variant() -> None:
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     rows = re.findall(
-        r"^ +(\S+) +[\d.]+ ms/step, twin +[\d.]+ ms +ratio ([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)",
+        r"^ +(\S+) +[\d.]+ ms/step, twin +[\d.]+ ms +ratio ([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\); "
+        r".* median ([\d.]+), 10th percentile ([\d.]+)$",
         completed.stdout,
         flags=re.MULTILINE,
     )
     assert [row[0] for row in rows] == ["64/1,1", "/1,1"]
-    for _, ratio, low, high in rows:
+    for _, ratio, low, high, median, tenth in rows:
         assert float(low) <= float(ratio) <= float(high)
+        assert float(median) > 0.99  # the backbone preserves gradient norms by construction
+        assert float(tenth) > 0.99
     assert "batch 8, after 2 Adam steps" in completed.stdout
 
 
