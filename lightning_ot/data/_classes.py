@@ -26,3 +26,12 @@ def relabel(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     lookup = np.full(10, -1, dtype=np.int64)
     lookup[list(classes)] = np.arange(len(classes))
     return lookup[labels]
+
+
+def select_classes(
+    images: np.ndarray, labels: np.ndarray, classes: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, ...) images and (N,) labels of ``classes`` only, labels relabelled by :func:`relabel`."""
+    positions = relabel(labels, classes)
+    keep = positions >= 0
+    return images[keep], positions[keep]

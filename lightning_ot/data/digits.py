@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_ot.data._classes import check_classes, relabel
+from lightning_ot.data._classes import check_classes, select_classes
 from lightning_ot.data.sampling import resumable_loader
 
 __all__ = ["DigitsDataModule"]
@@ -72,9 +72,7 @@ class DigitsDataModule(pl.LightningDataModule):
         images = digits.images.astype(np.float32) / 16.0
         labels = digits.target.astype(np.int64)
         if self.classes is not None:
-            keep = np.isin(labels, self.classes)
-            images, labels = images[keep], labels[keep]
-            labels = relabel(labels, self.classes)
+            images, labels = select_classes(images, labels, self.classes)
         train_x, val_x, train_y, val_y = train_test_split(
             images, labels, test_size=self.val_fraction, random_state=self.seed, stratify=labels
         )

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from lightning_ot.data._classes import check_classes, relabel
+from lightning_ot.data._classes import check_classes, select_classes
 from lightning_ot.data.images import Augmentation, DatasetLayoutError, ImageDataModule
 
 __all__ = ["FashionMNISTDataModule", "MNISTDataModule", "read_idx"]
@@ -132,9 +132,7 @@ class MNISTDataModule(ImageDataModule):
             )
         labels = labels.astype(np.int64)
         if self.classes is not None:
-            keep = np.isin(labels, self.classes)
-            images, labels = images[keep], labels[keep]
-            labels = relabel(labels, self.classes)
+            images, labels = select_classes(images, labels, self.classes)
         return TensorDataset(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels))
 
     def setup(self, stage: str | None = None) -> None:
