@@ -14,6 +14,10 @@ so that a load spike on a shared machine slows all of them alike; the script pri
 median per-round ratio to its own twin, with the quartiles, the milliseconds per step, and the
 gradient norm ``||grad f_k||`` of its top output on random images (1 = tight).
 
+With ``--straightness-weight W`` each variant is also timed with
+:func:`lightning_ot.losses.straightness_penalty` added to its loss (``OTClassifier(straightness_weight=W)``:
+one input gradient and one more forward and backward pass per step), against the same twin.
+
 The cost that does not shrink with the batch is the head's retraction, which is O(m^2 n) for an
 m x n matrix (two 512 x 512 x 784 products for the recipe's head): the variants show what a narrower
 head or a larger batch buys, the accuracy and tightness they cost are in docs/benchmarks.md.
@@ -24,17 +28,40 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipschitz_tax import interleaved_times, paired_ratio, pretrain, training_step
 
+from lightning_ot.losses import straightness_penalty
 from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
-from lightning_ot.nn import gradient_norms
+from lightning_ot.nn import gradient_norms, retract_weights_
+
+
+def straightened_training_step(
+    model: nn.Module, batch: torch.Tensor, target: torch.Tensor, weight: float
+) -> Callable[[], None]:
+    """A step of ``training_step(..., retraction_steps=1)`` with the straightness penalty in the loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        input = batch.detach().requires_grad_(True)
+        logits = model(input)
+        penalty = straightness_penalty(model, input, target, logits=logits)
+        (F.cross_entropy(logits, target) + weight * penalty).backward()
+        optimizer.step()
+        retract_weights_(model, 1)
+
+    return step
 
 
 def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -63,7 +90,15 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--pretrain-lr", type=float, default=5e-3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--straightness-weight",
+        type=float,
+        default=0.0,
+        help="also time each variant with the straightness penalty of this weight in its loss",
+    )
     args = parser.parse_args()
+    if args.straightness_weight < 0:
+        parser.error(f"--straightness-weight: expected a number >= 0, got {args.straightness_weight}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -90,6 +125,10 @@ def main() -> None:
         norms[text] = gradient_norms(model.eval(), probes)
         steps[f"twin {text}"] = training_step(twin, batch, target)
         steps[text] = training_step(model, batch, target, retraction_steps=1)
+        if args.straightness_weight:
+            steps[f"{text} +straightness"] = straightened_training_step(
+                model, batch, target, args.straightness_weight
+            )
     times = interleaved_times(steps, args.repeats, args.warmup)
     for text in variants:
         ratio, low, high = paired_ratio(times[text], times[f"twin {text}"])
@@ -99,6 +138,13 @@ def main() -> None:
             f"(quartiles {low:.2f}-{high:.2f}); ||grad f_k|| of the top output on 64 random images: "
             f"median {norms[text].median():.3f}, 10th percentile {norms[text].quantile(0.1):.3f}"
         )
+        if args.straightness_weight:
+            name = f"{text} +straightness"
+            ratio, low, high = paired_ratio(times[name], times[f"twin {text}"])
+            print(
+                f"  {name:14s} {1000 * statistics.median(times[name]):7.1f} ms/step, the same twin   "
+                f"ratio {ratio:.2f}x (quartiles {low:.2f}-{high:.2f})"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from lightning_ot.losses.conversion import (
 )
 from lightning_ot.losses.functional import HKRTerms
 from lightning_ot.losses.modules import HingeMarginLoss, HKRLoss, KRLoss, SoftHKRLoss
+from lightning_ot.losses.straightness import StraightnessPenalty, straightness_penalty
 
 __all__ = [
     "HKRLoss",
@@ -18,9 +19,11 @@ __all__ = [
     "HingeMarginLoss",
     "KRLoss",
     "SoftHKRLoss",
+    "StraightnessPenalty",
     "from_deel_lip",
     "from_deel_torchlip",
     "functional",
+    "straightness_penalty",
     "to_deel_lip",
     "to_deel_torchlip",
 ]

@@ -41,3 +41,22 @@ def test_a_malformed_variant_is_refused_by_name() -> None:
     assert completed.returncode != 0
     assert "--variants: expected HIDDEN/STAGE_CONVS" in completed.stderr
     assert "'wide/3,6'" in completed.stderr
+
+
+def test_times_the_straightness_penalty_against_the_same_twin() -> None:
+    completed = _run(
+        "--threads", "1", "--batch-size", "8", "--repeats", "3", "--warmup", "1", "--pretrain-steps", "2",
+        "--variants", "/1,1", "--straightness-weight", "10",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    plain, straightened = (
+        re.search(rf"^ +{re.escape(name)} +[\d.]+ ms/step, .*ratio ([\d.]+)x", completed.stdout, re.MULTILINE)
+        for name in ("/1,1 ", "/1,1 +straightness")
+    )
+    assert plain is not None, completed.stdout
+    assert straightened is not None, completed.stdout
+    # an input gradient and a second forward and backward pass more than the plain step
+    assert float(straightened.group(1)) > float(plain.group(1))
+    refused = _run("--straightness-weight", "-1", "--pretrain-steps", "0")
+    assert refused.returncode != 0
+    assert "--straightness-weight: expected a number >= 0" in refused.stderr

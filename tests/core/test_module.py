@@ -192,6 +192,32 @@ def test_bad_constructor_arguments() -> None:
         OTClassifier(nn.Linear(2, 1), num_classes=2, lipschitz=-1.0)
     with pytest.raises(ValueError, match="retraction_steps"):
         OTClassifier(nn.Linear(2, 1), num_classes=2, retraction_steps=-1)
+    with pytest.raises(ValueError, match="straightness_weight"):
+        OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_weight=-1.0)
+    with pytest.raises(ValueError, match="straightness_step"):
+        OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_step=0.0)
+
+
+def test_the_straightness_penalty_is_added_to_the_training_loss_and_logged(tmp_path: Path) -> None:
+    """``straightness_weight``: the logged training loss is the hKR loss plus the weighted penalty."""
+    logged = {}
+    for weight in (0.0, 5.0):
+        pl.seed_everything(0)
+        model = OTClassifier(
+            LipschitzMLP(64, 10, hidden_features=(32, 32)),
+            num_classes=10,
+            straightness_weight=weight,
+            retraction_steps=1,
+        )
+        trainer = _trainer(tmp_path / str(weight), max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+        logged[weight] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert "train/straightness_epoch" not in logged[0.0]
+    with_penalty = logged[5.0]
+    assert with_penalty["train/straightness_epoch"] > 0
+    hkr = with_penalty["train/kr_epoch"], with_penalty["train/hinge_epoch"]
+    expected = model.loss.hinge_weight * hkr[1] - hkr[0] + 5.0 * with_penalty["train/straightness_epoch"]
+    assert with_penalty["train/loss_epoch"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_retraction_keeps_the_raw_weights_orthonormal_during_fit(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ this script once per extra rank, as under ``torchrun``) and records every rank w
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from lightning_ot import OTClassifier
 from lightning_ot.losses import SoftHKRLoss
 from lightning_ot.models import LipschitzMLP
 from lightning_ot.strategies import LipschitzDDPStrategy
+
+#: Environment variable (inherited by the ranks Lightning launches) giving ``make_model`` a
+#: ``straightness_weight``.
+STRAIGHTNESS_VARIABLE = "LIGHTNING_OT_TEST_STRAIGHTNESS_WEIGHT"
 
 TRAIN_SIZE = 24
 VAL_POINTS = 5
@@ -73,6 +78,7 @@ def make_model(seed: int = 0) -> OTClassifier:
         loss=SoftHKRLoss(margin=0.5, hinge_weight=5.0, temperature=10.0, momentum=0.5),
         optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9),
         certified_eps=CERTIFIED_EPS,
+        straightness_weight=float(os.environ.get(STRAIGHTNESS_VARIABLE, "0")),
     )
 
 

@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from tests.conftest import run_module
-from tests.ddp._lightning_helpers import CERTIFIED_EPS, VAL_POINTS, PairedDataModule, fit, make_model
+from tests.ddp._lightning_helpers import (
+    CERTIFIED_EPS,
+    STRAIGHTNESS_VARIABLE,
+    VAL_POINTS,
+    PairedDataModule,
+    fit,
+    make_model,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +156,25 @@ def test_ddp_checkpoint_resumes_in_ddp_and_in_one_process(runs: dict) -> None:
     assert abs(expected - expected_without_resume) > 1e-2
     assert single["losses"][0] == pytest.approx(expected, abs=1e-5)
     assert ddp["losses"][0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_straightness_penalty_keeps_ddp_equal_to_one_process(tmp_path: Path) -> None:
+    """Its input gradient and second forward pass run inside DDP's forward; its mean is global."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in LAUNCH_VARIABLES:
+            patch.delenv(name, raising=False)
+        patch.setenv(STRAIGHTNESS_VARIABLE, "1.0")
+        ddp = _fit(tmp_path / "ddp", devices=2, max_epochs=1)
+        single = _fit(tmp_path / "single", devices=1, max_epochs=1)
+    assert make_model().straightness_weight == 0.0  # the variable is gone: the other tests train without
+    for record in (*ddp, *single):
+        assert record["metrics"]["train/straightness_epoch"] > 0
+    # the penalty is a mean over the global batch: every rank logs the one-process value
+    assert ddp[0]["metrics"]["train/straightness_epoch"] == pytest.approx(
+        single[0]["metrics"]["train/straightness_epoch"], abs=1e-5
+    )
+    torch.testing.assert_close(
+        torch.tensor(ddp[0]["losses"]), torch.tensor(single[0]["losses"]), atol=1e-5, rtol=0
+    )
+    _assert_states_close(ddp[0]["last"], single[0]["last"], atol=1e-5)
+    _assert_states_close(ddp[1]["last"], single[0]["last"], atol=1e-5)
