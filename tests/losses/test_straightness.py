@@ -8,19 +8,11 @@ from torch import nn
 
 from lightning_ot.explain import counterfactual
 from lightning_ot.losses import StraightnessPenalty, straightness_penalty
+from tests.explain.test_counterfactual import relu_sum
 
 
 def _value(tensor: torch.Tensor) -> float:
     return float(tensor.detach())
-
-
-def _bent() -> nn.Module:
-    """``f(u, v) = relu(u) + relu(v) - 1``: from (3, 0.2) the gradient line bends at v = 0."""
-    model = nn.Sequential(nn.ReLU(), nn.Linear(2, 1))
-    with torch.no_grad():
-        model[1].weight.fill_(1.0)
-        model[1].bias.fill_(-1.0)
-    return model
 
 
 @pytest.mark.parametrize("outputs", [1, 4])
@@ -37,12 +29,12 @@ def test_an_affine_margin_falls_exactly_as_predicted(outputs: int) -> None:
 def test_a_bent_margin_leaves_what_it_did_not_fall() -> None:
     x = torch.tensor([[3.0, 0.2]])
     # g = 2.2, grad g = (1, 1): the first-order boundary point (1.9, -0.9) still has f = 0.9
-    penalty = straightness_penalty(_bent(), x, torch.tensor([1]))
+    penalty = straightness_penalty(relu_sum(), x, torch.tensor([1]))
     torch.testing.assert_close(penalty, torch.tensor(0.9))
     # misclassified (label 0: g = -2.2 < 0): no boundary to walk to, no penalty
-    assert _value(straightness_penalty(_bent(), x, torch.tensor([0]))) == 0.0
+    assert _value(straightness_penalty(relu_sum(), x, torch.tensor([0]))) == 0.0
     # {-1, +1} labels are the same labels
-    torch.testing.assert_close(straightness_penalty(_bent(), x, torch.tensor([1.0])), penalty)
+    torch.testing.assert_close(straightness_penalty(relu_sum(), x, torch.tensor([1.0])), penalty)
 
 
 def test_given_logits_give_the_same_penalty_and_gradients() -> None:
