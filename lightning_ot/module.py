@@ -75,9 +75,10 @@ class OTClassifier(pl.LightningModule):
             backward (``NormPreservingConvNet``'s training step: 400 ms without, 60 ms with). ``0``
             (default) never retracts.
         straightness_weight: weight of :func:`~lightning_ot.losses.straightness_penalty` added to the
-            training loss (logged as ``train/straightness``): the margin left at each training
-            input's first-order boundary point, which straightens the gradient lines so that the
-            first-order transports cross the boundary where the certificate says. It costs one input
+            training loss (logged as ``train/straightness``): how much less than predicted the
+            margin falls from each training input to its first-order boundary point. It straightens
+            the gradient lines, so that the first-order transports cross the boundary where the
+            certificate says. It costs one input
             gradient and one forward and backward pass more per step. ``0`` (default) leaves it out.
         straightness_step: the move of that penalty, as a multiple of the first-order boundary
             distance (1 = the boundary).

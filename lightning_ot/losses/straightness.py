@@ -6,9 +6,10 @@ using optimal transport with hinge regularization", CVPR 2021; Serrurier et al.,
 point ``x`` with margin ``g(x)``, the straight line ``x - t grad g(x) / ||grad g(x)||`` reaches the
 decision boundary at the first-order distance ``t = g(x) / ||grad g(x)||``. A trained network only
 approaches that optimum, and its gradient lines bend: the margin falls more slowly than at ``x``, and
-the first-order counterfactual stops short of the boundary. This penalty is the margin left at the
-first-order boundary point (zero at the optimum, so it does not move it), computed in one extra forward
-pass.
+the first-order counterfactual stops short of the boundary. This penalty is how much less than
+predicted the margin fell on the way to the first-order boundary point, the margin left there. It
+trains the network at both ends of the move, is zero at the optimum (so it does not move it), and
+costs one input gradient and one extra forward pass.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def straightness_penalty(
 
     For each sample with a positive margin ``g(x)`` (binary: ``y f(x)``; multiclass: ``f_y - f_j``
     with ``j`` the runner-up at ``x``), ``x' = x - step g(x) grad g(x) / ||grad g(x)||^2``, and the
-    penalty is ``ReLU(g(x') - (1 - step) g(x))``, the amount by which ``g`` fell less than its first-order
-    prediction. Misclassified samples contribute 0. The move is detached (no second-order gradient):
-    the penalty trains the network at ``x'`` and, for ``step != 1``, at ``x``.
+    penalty is the amount by which ``g`` fell less than its first-order prediction ``step g(x)``:
+    ``ReLU(step g(x) - (g(x) - g(x')))``. The move and the prediction are held fixed (no second-order
+    gradient), so the penalty trains the network at both ends, raising ``g(x)`` and lowering
+    ``g(x')``, as the KR term does between the classes; with ``step = 1`` its value is the margin
+    left at the first-order boundary point. The mean is over the samples with a positive margin
+    (misclassified samples have no boundary to walk to).
 
     Args:
         model: maps (B, ...) inputs to (B, 1) binary or (B, C) logits.
@@ -72,7 +76,8 @@ def straightness_penalty(
             does: every rank gets the one-process value.
 
     Returns:
-        A 0-d tensor: the mean over the batch (the global batch, see ``distributed``).
+        A 0-d tensor: the mean over the samples of the batch with a positive margin (of the global
+        batch, see ``distributed``); 0 when there is none.
 
     Example:
         >>> linear = torch.nn.Linear(3, 1)  # an affine margin falls exactly as predicted
@@ -92,13 +97,13 @@ def straightness_penalty(
     (gradient,) = torch.autograd.grad(margin.sum(), input, retain_graph=True)
     squared_norm = gradient.flatten(1).square().sum(dim=1).clamp_min(torch.finfo(gradient.dtype).tiny)
     active = margin.detach() > 0
-    distance = torch.where(active, step * margin.detach() / squared_norm, torch.zeros_like(squared_norm))
-    moved = input.detach() - distance.view(-1, *[1] * (input.ndim - 1)) * gradient
+    predicted_fall = torch.where(active, step * margin.detach(), torch.zeros_like(squared_norm))
+    moved = input.detach() - (predicted_fall / squared_norm).view(-1, *[1] * (input.ndim - 1)) * gradient
     moved_margin = margin_of(model(moved))
-    shortfall = torch.relu(moved_margin - (1.0 - step) * margin)
+    shortfall = torch.relu(predicted_fall - (margin - moved_margin))
     total = _global_sum(torch.where(active, shortfall, torch.zeros_like(shortfall)).sum(), distributed)
-    count = _global_sum(torch.tensor(float(shortfall.numel()), device=shortfall.device), distributed)
-    return total / count
+    count = _global_sum(active.sum().to(shortfall.dtype), distributed)
+    return total / count.clamp_min(1.0)
 
 
 class StraightnessPenalty(nn.Module):

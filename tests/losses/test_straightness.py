@@ -33,6 +33,11 @@ def test_a_bent_margin_leaves_what_it_did_not_fall() -> None:
     torch.testing.assert_close(penalty, torch.tensor(0.9))
     # misclassified (label 0: g = -2.2 < 0): no boundary to walk to, no penalty
     assert _value(straightness_penalty(relu_sum(), x, torch.tensor([0]))) == 0.0
+    # it asks for a larger fall, not a lower margin: shifting the network by a constant changes nothing
+    model = relu_sum()
+    straightness_penalty(model, x, torch.tensor([1])).backward()
+    assert float(model[1].bias.grad) == 0.0
+    torch.testing.assert_close(model[1].weight.grad, torch.tensor([[-1.1, -0.2]]))  # relu(x') - relu(x)
     # {-1, +1} labels are the same labels
     torch.testing.assert_close(straightness_penalty(relu_sum(), x, torch.tensor([1.0])), penalty)
 
