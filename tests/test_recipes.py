@@ -22,6 +22,7 @@ STEPPED: dict[str, tuple[list[int], int, list[str]]] = {
     "mnist_08": ([1, 28, 28], 2, []),
     "mnist5k": ([1, 28, 28], 10, []),
     "mnist5k_08": ([1, 28, 28], 2, []),
+    "mnist5k_straight": ([1, 28, 28], 10, []),
     "fashion_mnist": ([1, 28, 28], 10, []),
     "celeba": ([3, 64, 64], 2, []),
     "cats_vs_dogs": ([3, 128, 128], 2, []),
@@ -163,3 +164,18 @@ def _config_backbone(name: str) -> str:
     return yaml.safe_load(recipe_path(name).read_text())["model"]["init_args"]["backbone"][
         "class_path"
     ].rsplit(".", 1)[1]
+
+
+def test_the_straight_recipe_is_mnist5k_with_the_straightness_penalty() -> None:
+    def parsed(name: str) -> dict:
+        config = _ParseOnly(
+            OTClassifier, pl.LightningDataModule, run=False, args=["--config", str(recipe_path(name))]
+        ).config.as_dict()
+        config.pop("config", None)
+        return config
+
+    base, straight = parsed("mnist5k"), parsed("mnist5k_straight")
+    assert base["model"]["init_args"]["straightness_weight"] == 0.0
+    assert straight["model"]["init_args"].pop("straightness_weight") == 30.0
+    base["model"]["init_args"].pop("straightness_weight")
+    assert straight == base
