@@ -31,6 +31,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lightning_ot.losses import straightness_penalty
 from lightning_ot.models import (
     LipschitzConvNet,
     LipschitzMLP,
@@ -42,14 +43,25 @@ from lightning_ot.nn import gradient_norms, retract_weights_, vanilla_export
 
 
 def training_step(
-    model: nn.Module, batch: torch.Tensor, target: torch.Tensor, retraction_steps: int = 0
+    model: nn.Module,
+    batch: torch.Tensor,
+    target: torch.Tensor,
+    retraction_steps: int = 0,
+    straightness_weight: float = 0.0,
 ) -> Callable[[], None]:
+    """One training step (cross-entropy, Adam, then ``retraction_steps`` Björck steps), with
+    ``straightness_weight`` times :func:`~lightning_ot.losses.straightness_penalty` in the loss."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(batch), target).backward()
+        input = batch.detach().requires_grad_(True) if straightness_weight else batch
+        logits = model(input)
+        loss = F.cross_entropy(logits, target)
+        if straightness_weight:
+            loss = loss + straightness_weight * straightness_penalty(model, input, target, logits=logits)
+        loss.backward()
         optimizer.step()
         if retraction_steps:
             retract_weights_(model, retraction_steps)

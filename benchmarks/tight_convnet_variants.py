@@ -28,40 +28,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipschitz_tax import interleaved_times, paired_ratio, pretrain, training_step
 
-from lightning_ot.losses import straightness_penalty
 from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
-from lightning_ot.nn import gradient_norms, retract_weights_
-
-
-def straightened_training_step(
-    model: nn.Module, batch: torch.Tensor, target: torch.Tensor, weight: float
-) -> Callable[[], None]:
-    """A step of ``training_step(..., retraction_steps=1)`` with the straightness penalty in the loss."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model.train()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        input = batch.detach().requires_grad_(True)
-        logits = model(input)
-        penalty = straightness_penalty(model, input, target, logits=logits)
-        (F.cross_entropy(logits, target) + weight * penalty).backward()
-        optimizer.step()
-        retract_weights_(model, 1)
-
-    return step
+from lightning_ot.nn import gradient_norms
 
 
 def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -126,8 +103,8 @@ def main() -> None:
         steps[f"twin {text}"] = training_step(twin, batch, target)
         steps[text] = training_step(model, batch, target, retraction_steps=1)
         if args.straightness_weight:
-            steps[f"{text} +straightness"] = straightened_training_step(
-                model, batch, target, args.straightness_weight
+            steps[f"{text} +straightness"] = training_step(
+                model, batch, target, retraction_steps=1, straightness_weight=args.straightness_weight
             )
     times = interleaved_times(steps, args.repeats, args.warmup)
     for text in variants:

@@ -78,8 +78,8 @@ class OTClassifier(pl.LightningModule):
             training loss (logged as ``train/straightness``): how much less than predicted the
             margin falls from each training input to its first-order boundary point. It straightens
             the gradient lines, so that the first-order transports cross the boundary where the
-            certificate says. It costs one input
-            gradient and one forward and backward pass more per step. ``0`` (default) leaves it out.
+            certificate says. It costs one input gradient and one forward and backward pass more
+            per step. ``0`` (default) leaves it out.
         straightness_step: the move of that penalty, as a multiple of the first-order boundary
             distance (1 = the boundary).
 

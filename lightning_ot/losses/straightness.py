@@ -24,6 +24,11 @@ from lightning_ot.losses.functional import _global_sum, check_class_indices, to_
 __all__ = ["StraightnessPenalty", "straightness_penalty"]
 
 
+def _check_step(step: float) -> None:
+    if not step > 0:
+        raise ValueError(f"`step` must be > 0 (1 = the first-order boundary point), got {step}")
+
+
 def _pair_margin(logits: Tensor, target: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """``g(x)`` of each sample, and the map from other logits to ``g`` of the same pairs of classes.
 
@@ -84,8 +89,7 @@ def straightness_penalty(
         >>> straightness_penalty(linear, torch.randn(8, 3), torch.randint(0, 2, (8,))).item() < 1e-6
         True
     """
-    if not step > 0:
-        raise ValueError(f"`step` must be > 0 (1 = the first-order boundary point), got {step}")
+    _check_step(step)
     if logits is None:
         input = input.detach().requires_grad_(True)
         logits = model(input)
@@ -127,8 +131,7 @@ class StraightnessPenalty(nn.Module):
 
     def __init__(self, step: float = 1.0, distributed: bool = True) -> None:
         super().__init__()
-        if not step > 0:
-            raise ValueError(f"`step` must be > 0 (1 = the first-order boundary point), got {step}")
+        _check_step(step)
         self.step = float(step)
         self.distributed = distributed
 
