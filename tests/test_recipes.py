@@ -166,7 +166,7 @@ def _config_backbone(name: str) -> str:
     ].rsplit(".", 1)[1]
 
 
-def test_the_straight_recipe_is_mnist5k_with_the_straightness_penalty() -> None:
+def test_the_straight_recipe_is_mnist5k_with_the_penalty_a_wider_head_and_more_epochs() -> None:
     def parsed(name: str) -> dict:
         config = _ParseOnly(
             OTClassifier, pl.LightningDataModule, run=False, args=["--config", str(recipe_path(name))]
@@ -176,6 +176,11 @@ def test_the_straight_recipe_is_mnist5k_with_the_straightness_penalty() -> None:
 
     base, straight = parsed("mnist5k"), parsed("mnist5k_straight")
     assert base["model"]["init_args"]["straightness_weight"] == 0.0
-    assert straight["model"]["init_args"].pop("straightness_weight") == 30.0
+    assert straight["model"]["init_args"].pop("straightness_weight") == 50.0
     base["model"]["init_args"].pop("straightness_weight")
+    assert base["model"]["init_args"]["backbone"]["init_args"].pop("hidden_features") == [512]
+    assert straight["model"]["init_args"]["backbone"]["init_args"].pop("hidden_features") == [784, 512]
+    assert (base["trainer"].pop("max_epochs"), straight["trainer"].pop("max_epochs")) == (80, 120)
+    schedules = [config["model"]["init_args"]["lr_scheduler"]["init_args"] for config in (base, straight)]
+    assert [schedule.pop("T_max") for schedule in schedules] == [80, 120]
     assert straight == base
