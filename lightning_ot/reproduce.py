@@ -1,12 +1,13 @@
 """Measure the claims of Serrurier et al. (NeurIPS 2023) on an OTNN and its unconstrained twin.
 
     python -m lightning_ot.reproduce [--recipe quickstart | --config FILE] [--epochs N]
-        [--output-dir reproduction] [--skip-twin-baselines] [--save-networks]
+        [--output-dir reproduction] [--skip-twin-baselines] [--twin-lr LR] [--save-networks]
 
 Trains the model of a recipe or of any LightningCLI config file (a 1-Lipschitz backbone with an hKR
 loss) and the *unconstrained twin*: the
 same architecture with plain layers and ReLU (:func:`~lightning_ot.models.unconstrained_twin`), trained
-with cross-entropy on the same data with the same optimizer and epochs. Then measures, for each
+with cross-entropy on the same data with the same optimizer and epochs (``--twin-lr`` gives it its own
+learning rate: a plain ReLU network can die at the OTNN's). Then measures, for each
 network, on the validation set:
 
 - clean accuracy, and certified robust accuracy at several L2 radii (the twin's certificate uses the
@@ -50,6 +51,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lightning_ot.explain import (
     BoundarySearch,
@@ -227,6 +229,21 @@ def _from_config(
             f"the config {config} must define an OTClassifier model, got {type(cli.model).__name__}"
         )
     return cli.model, cli.datamodule, int(cli.trainer.max_epochs or 10)
+
+
+def _with_learning_rate(
+    optimizer_factory: Callable[..., Optimizer], learning_rate: float
+) -> Callable[..., Optimizer]:
+    """``optimizer_factory`` with every parameter group at ``learning_rate`` (a scheduler built on the
+    optimizer afterwards starts from it)."""
+
+    def build(parameters: Any) -> Optimizer:
+        optimizer = optimizer_factory(parameters)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        return optimizer
+
+    return build
 
 
 def _train(
@@ -561,6 +578,7 @@ def reproduce(
     twin_baselines: bool = True,
     twin_copies_weights: bool = True,
     save_networks: bool = False,
+    twin_learning_rate: float | None = None,
 ) -> list[NetworkResults]:
     """Train the OTNN of a recipe or config and its unconstrained twin, measure both, write the table
     and figures.
@@ -593,6 +611,8 @@ def reproduce(
             (``OTClassifier.load_from_checkpoint``, or ``python -m lightning_ot.explain --ckpt_path``),
             and ``twin.pt``, the state dict of the twin's backbone, which loads into
             ``unconstrained_twin(OTClassifier.load_from_checkpoint("otnn.ckpt").backbone)``.
+        twin_learning_rate: the learning rate of the twin's optimizer (> 0); ``None``: the config's,
+            as the OTNN's. The optimizer, its other settings and the schedule stay the config's.
 
     Returns:
         the results of the OTNN, then of the twin.
@@ -603,6 +623,8 @@ def reproduce(
         raise ValueError(f"`epochs` must be >= 1, got {epochs}")
     if not radii or any(eps < 0 for eps in radii):
         raise ValueError(f"`radii` must be a non-empty list of numbers >= 0, got {list(radii)}")
+    if twin_learning_rate is not None and not (twin_learning_rate > 0 and math.isfinite(twin_learning_rate)):
+        raise ValueError(f"`twin_learning_rate` must be a finite number > 0, got {twin_learning_rate}")
     if config is not None:
         config_path = Path(config)
         if not config_path.is_file():
@@ -622,11 +644,14 @@ def reproduce(
     pl.seed_everything(seed, verbose=False)
     otnn, datamodule, config_epochs = _from_config(config_path, overrides, seed)
     epochs = epochs or config_epochs
+    twin_optimizer = otnn.optimizer_factory
+    if twin_learning_rate is not None:
+        twin_optimizer = _with_learning_rate(twin_optimizer, twin_learning_rate)
     twin = OTClassifier(
         unconstrained_twin(otnn.backbone, copy_weights=twin_copies_weights),
         num_classes=otnn.num_classes,
         loss=CrossEntropy(),
-        optimizer=otnn.optimizer_factory,
+        optimizer=twin_optimizer,
         lr_scheduler=otnn.lr_scheduler_factory,
         audit_lipschitz=False,
     )
@@ -681,12 +706,13 @@ def reproduce(
         "SmoothGrad samples": smoothgrad_samples,
         "twin baselines": "measured" if twin_baselines else "skipped",
         "twin initialization": "the OTNN's initial weights" if twin_copies_weights else "PyTorch's default",
+        "twin learning rate": "the OTNN's" if twin_learning_rate is None else f"{twin_learning_rate:g}",
     }
     failures = untrained_networks(results, max(otnn.num_classes, 2))
     for failure in failures:
         warnings.warn(
-            f"{failure}; try another --seed or a lower learning rate "
-            "(--override=--model.init_args.optimizer.init_args.lr=...)",
+            f"{failure}; try another --seed or a lower learning rate (the twin's alone: --twin-lr; "
+            "both: --override=--model.init_args.optimizer.init_args.lr=...)",
             stacklevel=2,
         )
     if failures:
@@ -738,6 +764,13 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
         action="store_true",
         help="initialize the twin with PyTorch's defaults instead of the OTNN's initial weights",
     )
+    parser.add_argument(
+        "--twin-lr",
+        type=float,
+        default=None,
+        metavar="LR",
+        help="learning rate of the twin's optimizer (default: the config's, as the OTNN's)",
+    )
     parser.add_argument("--no-figures", action="store_true")
     parser.add_argument(
         "--save-networks",
@@ -769,6 +802,7 @@ def main(args: Sequence[str] | None = None) -> list[NetworkResults]:
             twin_baselines=not options.skip_twin_baselines,
             twin_copies_weights=not options.twin_default_init,
             save_networks=options.save_networks,
+            twin_learning_rate=options.twin_lr,
         )
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")

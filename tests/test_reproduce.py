@@ -108,7 +108,16 @@ def test_table_marks_missing_certificates() -> None:
     assert "| certified robust accuracy, L2 radius 0.1 | n/a |" in table
 
 
-@pytest.mark.parametrize("arguments", [["--num-explained", "1"], ["--epochs", "0"], ["--radii", "-1"]])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--num-explained", "1"],
+        ["--epochs", "0"],
+        ["--radii", "-1"],
+        ["--twin-lr", "0"],
+        ["--twin-lr", "nan"],
+    ],
+)
 def test_command_line_rejects_bad_arguments(arguments: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*arguments, "--output-dir", str(tmp_path)])
@@ -126,7 +135,7 @@ def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None
     otnn, twin = main([
         "--config", str(config), "--epochs", "1", "--num-explained", "6", "--mu-fidelity-samples", "4",
         "--stability-samples", "1", "--smoothgrad-samples", "2", "--skip-twin-baselines",
-        "--save-networks", "--output-dir", str(output),
+        "--save-networks", "--output-dir", str(output), "--twin-lr", "1e-12",
     ])  # fmt: skip
     assert set(twin.explanations) == {"saliency"}
     # The saved networks are the measured ones: reloaded, they classify the validation set as measured.
@@ -139,6 +148,17 @@ def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None
         twin_accuracy = (loaded_twin.eval()(inputs).argmax(1) == targets).double().mean()
     assert float(otnn_accuracy) == pytest.approx(otnn.accuracy)
     assert float(twin_accuracy) == pytest.approx(twin.accuracy)
+    # `--twin-lr` trains the twin alone at its own rate: at 1e-12 it ends where it started (the OTNN's
+    # initial weights), while the OTNN, at the config's rate, moved.
+    from lightning_ot.reproduce import _from_config
+
+    initial, _, _ = _from_config(config, [], 0)
+    initial_twin = unconstrained_twin(initial.backbone, copy_weights=True).state_dict()
+    twin_moves = [float((loaded_twin.state_dict()[k] - v).abs().max()) for k, v in initial_twin.items()]
+    assert max(twin_moves) < 1e-6
+    trained_and_initial = zip(loaded.backbone.parameters(), initial.backbone.parameters(), strict=True)
+    otnn_moves = [float((a - b).detach().abs().max()) for a, b in trained_and_initial]
+    assert max(otnn_moves) > 1e-3
     table = (output / "table.md").read_text()
     assert "SmoothGrad |" not in table.split("| network |", 1)[1].split("\n\n")[0]
     assert "| median ‖∇f_k‖ of the predicted class (1 is tight) |" in table
@@ -148,6 +168,7 @@ def test_any_config_file_and_skipping_the_twin_baselines(tmp_path: Path) -> None
     saved = json.loads((output / "results.json").read_text())
     assert saved["settings"]["config"] == str(config)
     assert saved["settings"]["twin baselines"] == "skipped"
+    assert saved["settings"]["twin learning rate"] == "1e-12"
     for entry in saved["results"]:
         assert {"gradient_norm", "gradient_norm_p10", "pair_gradient_norm", "tightness"} <= set(entry)
     assert otnn.gradient_norm <= 1.0 + 1e-3
