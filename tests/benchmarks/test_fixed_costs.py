@@ -23,5 +23,5 @@ def test_prints_a_paired_ratio_for_each_path() -> None:
     ratios = re.findall(r"ratio (\S+)x \(quartiles (\S+?)-(\S+)\)", completed.stdout)
     assert len(ratios) == 4, completed.stdout
     for ratio, low, high in ratios:
-        assert float(low) <= float(ratio) <= float(high), completed.stdout
+        assert 0 < float(low) <= float(ratio) <= float(high), completed.stdout
     assert "1 thread(s)" in completed.stdout
