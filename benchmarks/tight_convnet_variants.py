@@ -2,10 +2,13 @@
 
     python benchmarks/tight_convnet_variants.py --threads 1
     python benchmarks/tight_convnet_variants.py --threads 1 --batch-size 256 --variants 512/3,6 256/3,6
+    python benchmarks/tight_convnet_variants.py --threads 1 --variants 512/3,6 512x2/3,6 512x4/3,6
 
 Each variant is ``HIDDEN/STAGE_CONVS``: the hidden widths of the head (comma-separated, empty for
-none: ``/3,6`` is a 784 -> 10 head) and the orthogonal convolutions per stage. The mnist5k recipe's
-backbone is ``512/3,6`` (kernel sizes 5 and 3). Every variant is first trained for
+none: ``/3,6`` is a 784 -> 10 head), each optionally with ``xG`` for a layer of ``G`` diagonal blocks
+(``hidden_groups``: ``512x2`` is 784 -> 512 as two 392 -> 256 blocks), and the orthogonal
+convolutions per stage. The mnist5k recipe's backbone is ``512x2/3,6`` (kernel sizes 5 and 3); until
+2026-12-02 it was ``512/3,6``. Every variant is first trained for
 ``--pretrain-steps`` Adam steps with retraction after each step, as ``OTClassifier(retraction_steps=1)``
 trains, so that the timing is of a network in training, not at initialization. Then the training
 steps (forward, cross-entropy, backward, Adam, retraction) of every variant and of its plain twin
@@ -41,17 +44,20 @@ from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
 from lightning_ot.nn import gradient_norms
 
 
-def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``"512/3,6"`` -> ``((512,), (3, 6))``; ``"/3,6"`` -> ``((), (3, 6))``."""
+def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``"512/3,6"`` -> ``((512,), (1,), (3, 6))``; ``"784x4,512x2/3,6"`` -> ``((784, 512), (4, 2),
+    (3, 6))``; ``"/3,6"`` -> ``((), (), (3, 6))``: hidden widths, their groups, stage convolutions."""
     hidden, _, convs = text.partition("/")
     try:
-        hidden_features = tuple(int(width) for width in hidden.split(",") if width)
+        layers = [entry.partition("x") for entry in hidden.split(",") if entry]
+        hidden_features = tuple(int(width) for width, _, _ in layers)
+        hidden_groups = tuple(int(groups or 1) for _, _, groups in layers)
         stage_convs = tuple(int(count) for count in (convs or "3,6").split(","))
     except ValueError:
         raise ValueError(
-            f"--variants: expected HIDDEN/STAGE_CONVS such as 512/3,6 or 256,256/3,6, got {text!r}"
+            f"--variants: expected HIDDEN/STAGE_CONVS such as 512/3,6, 512x2/3,6 or 256,256/3,6, got {text!r}"
         ) from None
-    return hidden_features, stage_convs
+    return hidden_features, hidden_groups, stage_convs
 
 
 def main() -> None:
@@ -59,7 +65,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--variants", nargs="+", default=["512/3,6", "256/3,6", "256,256/3,6", "256/3,8", "/3,6"]
+        "--variants", nargs="+", default=["512x2/3,6", "512/3,6", "512x4/3,6", "256/3,6", "/3,6"]
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30)
@@ -92,10 +98,19 @@ def main() -> None:
     probes = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     steps = {}
     norms = {}
-    for text, (hidden_features, stage_convs) in variants.items():
-        model = NormPreservingConvNet(
-            1, 10, 28, stage_convs=stage_convs, kernel_size=(5, 3), hidden_features=hidden_features
-        )
+    for text, (hidden_features, hidden_groups, stage_convs) in variants.items():
+        try:
+            model = NormPreservingConvNet(
+                1,
+                10,
+                28,
+                stage_convs=stage_convs,
+                kernel_size=(5, 3),
+                hidden_features=hidden_features,
+                hidden_groups=hidden_groups,
+            )
+        except ValueError as error:
+            parser.error(f"--variants {text}: {error}")
         twin = unconstrained_twin(model)
         pretrain(model, (1, 28, 28), 10, args.pretrain_steps, args.pretrain_lr, retraction_steps=1)
         # before `training_step`, which puts the model back in training mode

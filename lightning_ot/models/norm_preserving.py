@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from lightning_ot.nn import (
+    BlockDiagonal,
     InvertibleDownsampling,
     MaxMin,
     Normalize,
@@ -42,6 +43,13 @@ class NormPreservingConvNet(nn.Module):
         kernel_size: kernel size of the convolutions (odd), one for all stages or one per stage.
         hidden_features: widths of the hidden linear layers (even, non-increasing, at most the
             flattened feature size).
+        hidden_groups: diagonal blocks of each hidden linear layer, one count for all layers or one
+            per layer: ``g`` splits a layer into ``g`` independent orthogonal layers on consecutive
+            slices of its input (:class:`~lightning_ot.nn.BlockDiagonal`; the flattened features
+            are channel-major, so a slice is a group of channels at every position). Orthonormalizing
+            an ``m x n`` matrix costs ``O(m^2 n)`` per optimizer step whatever the batch, ``g`` blocks
+            ``1 / g^2`` of it: the cost that dominates the training step of a small batch. Both the
+            input and the output width must be divisible by ``g``.
         padding_mode: ``"circular"`` (exactly norm-preserving) or ``"zeros"`` (tightness lost at the
             border).
         normalize_mean, normalize_std: optional per-channel input normalization.
@@ -69,6 +77,7 @@ class NormPreservingConvNet(nn.Module):
         stage_convs: Sequence[int] = (3, 6),
         kernel_size: int | Sequence[int] = 3,
         hidden_features: Sequence[int] = (512,),
+        hidden_groups: int | Sequence[int] = 1,
         padding_mode: str = "circular",
         normalize_mean: Sequence[float] | None = None,
         normalize_std: Sequence[float] | None = None,
@@ -115,13 +124,34 @@ class NormPreservingConvNet(nn.Module):
                 ]
         layers.append(nn.Flatten())
         width = channels * size * size
-        for hidden in hidden_features:
+        groups = (
+            [hidden_groups] * len(hidden_features) if isinstance(hidden_groups, int) else list(hidden_groups)
+        )
+        if len(groups) != len(hidden_features) or any(int(count) != count or count < 1 for count in groups):
+            raise ValueError(
+                f"`hidden_groups` needs one positive integer per hidden layer ({len(hidden_features)}) or a "
+                f"single int, got {hidden_groups}"
+            )
+        for hidden, count in zip(hidden_features, groups, strict=True):
             if hidden % 2 or hidden < 2 or hidden > width:
                 raise ValueError(
                     f"`hidden_features` must be even and non-increasing from the {width} flattened "
                     f"features (a wider layer would lose gradient norm), got {list(hidden_features)}"
                 )
-            layers += [OrthogonalLinear(width, hidden, iterations=iterations), MaxMin()]
+            if width % count or hidden % count:
+                raise ValueError(
+                    f"`hidden_groups` {count} must divide the layer's input width {width} and its output "
+                    f"width {hidden}"
+                )
+            if count == 1:
+                layers.append(OrthogonalLinear(width, hidden, iterations=iterations))
+            else:
+                blocks = [
+                    OrthogonalLinear(width // count, hidden // count, iterations=iterations)
+                    for _ in range(count)
+                ]
+                layers.append(BlockDiagonal(blocks))
+            layers.append(MaxMin())
             width = hidden
         if num_outputs > width:
             raise ValueError(

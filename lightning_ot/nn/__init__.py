@@ -6,6 +6,7 @@ from torch import nn
 
 from lightning_ot.nn._cache import cached_weights
 from lightning_ot.nn.activations import GroupSort, MaxMin, max_min
+from lightning_ot.nn.block_diagonal import BlockDiagonal
 from lightning_ot.nn.bounds import certify_weight, operator_norm_bound
 from lightning_ot.nn.conv import OrthogonalConv2d, assembled_together, compose_kernels
 from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bjorck_orthonormalize
@@ -16,6 +17,7 @@ from lightning_ot.nn.retraction import retract_weights_
 
 __all__ = [
     "BjorckOrthogonalization",
+    "BlockDiagonal",
     "GlobalL2NormPool2d",
     "GroupSort",
     "InvertibleDownsampling",

@@ -8,7 +8,8 @@
   ``||A x|| / ||x||`` and backward gain ``||A^T g|| / ||g||`` for random ``x``, ``g``).
 * Global upper bound: the product of the layer bounds along ``nn.Sequential`` containers and modules
   that declare ``lipschitz_composition = "sequential"``; ``(1 - t) + t L`` for
-  :class:`LipschitzResidual`; ``None`` when some part of the model is unknown.
+  :class:`LipschitzResidual`; the largest of the blocks' bounds for :class:`BlockDiagonal`; ``None``
+  when some part of the model is unknown.
 * Empirical lower estimate: the largest ``||f(x) - f(y)|| / ||x - y||`` found by gradient ascent on
   pairs of inputs from random (or given) starts, and the largest input-gradient norm; any
   model, no assumption.
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from lightning_ot.nn.block_diagonal import BlockDiagonal
 from lightning_ot.nn.normalization import Normalize
 from lightning_ot.nn.residual import LipschitzResidual
 
@@ -232,6 +234,14 @@ def _global_bound(
             return None
         t = module.weight_of_branch
         return (1 - t) + t * branch
+    if isinstance(module, BlockDiagonal):
+        block_bounds = [
+            _global_bound(block, bounds, f"{name}.blocks.{index}".lstrip("."), unknown)
+            for index, block in enumerate(module.blocks)
+        ]
+        if any(bound is None for bound in block_bounds):
+            return None
+        return max(bound for bound in block_bounds if bound is not None)
     if isinstance(module, nn.Sequential) or getattr(module, "lipschitz_composition", None) == "sequential":
         product: float | None = 1.0
         for child_name, child in module.named_children():

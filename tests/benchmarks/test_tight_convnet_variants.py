@@ -19,7 +19,7 @@ def _run(*arguments: str) -> subprocess.CompletedProcess[str]:
 def test_prints_a_paired_ratio_for_each_variant() -> None:
     completed = _run(
         "--threads", "1", "--batch-size", "8", "--repeats", "3", "--warmup", "1", "--pretrain-steps", "2",
-        "--variants", "64/1,1", "/1,1", "--straightness-weight", "10",
+        "--variants", "64/1,1", "64x2/1,1", "/1,1", "--straightness-weight", "10",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     rows = re.findall(
@@ -28,7 +28,7 @@ def test_prints_a_paired_ratio_for_each_variant() -> None:
         completed.stdout,
         flags=re.MULTILINE,
     )
-    assert [row[0] for row in rows] == ["64/1,1", "/1,1"]
+    assert [row[0] for row in rows] == ["64/1,1", "64x2/1,1", "/1,1"]
     for _, ratio, low, high, median, tenth in rows:
         assert float(low) <= float(ratio) <= float(high)
         assert float(median) > 0.99  # the backbone preserves gradient norms by construction
@@ -52,6 +52,11 @@ def test_a_malformed_variant_is_refused_by_name() -> None:
     assert completed.returncode != 0
     assert "--variants: expected HIDDEN/STAGE_CONVS" in completed.stderr
     assert "'wide/3,6'" in completed.stderr
+    indivisible = _run("--variants", "64x3/1,1", "--pretrain-steps", "0")
+    assert indivisible.returncode != 0
+    assert (
+        "--variants 64x3/1,1: `hidden_groups` 3 must divide the layer's input width 784" in indivisible.stderr
+    )
     refused = _run("--straightness-weight", "-1", "--pretrain-steps", "0")
     assert refused.returncode != 0
     assert "--straightness-weight: expected a number >= 0" in refused.stderr

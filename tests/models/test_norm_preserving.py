@@ -8,7 +8,14 @@ from torch import nn
 
 from lightning_ot.losses import SoftHKRLoss
 from lightning_ot.models import LipschitzMLP, NormPreservingConvNet, unconstrained_twin
-from lightning_ot.nn import OrthogonalConv2d, gradient_norms, lipschitz_audit, vanilla_export
+from lightning_ot.nn import (
+    BlockDiagonal,
+    OrthogonalConv2d,
+    OrthogonalLinear,
+    gradient_norms,
+    lipschitz_audit,
+    vanilla_export,
+)
 
 
 def _digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +85,18 @@ def test_bad_arguments_name_what_is_expected() -> None:
         lambda: NormPreservingConvNet(
             1, 10, image_size=8, stage_convs=(2, 2), kernel_size=(3, 3), hidden_features=()
         ),
+        lambda: NormPreservingConvNet(
+            1,
+            10,
+            image_size=8,
+            stage_convs=(2, 2),
+            kernel_size=(3, 3),
+            hidden_features=(32,),
+            hidden_groups=4,
+        ),
         lambda: LipschitzMLP(64, 10, hidden_features=(64,) * 6),
     ],
-    ids=["convnet", "mlp"],
+    ids=["convnet", "convnet-grouped-head", "mlp"],
 )
 def test_tight_backbones_stay_tight_after_real_training(make) -> None:
     """A short real run on the embedded 8x8 digits: accurate, within the bound, ||grad f_k|| >= 0.9."""
@@ -96,6 +112,30 @@ def test_tight_backbones_stay_tight_after_real_training(make) -> None:
     assert report.empirical <= 1 + 1e-4
     assert report.gradient_norm_p10 >= 0.9
     assert report.gradient_norm_median >= 0.9
+
+
+def test_grouped_hidden_layers_are_block_diagonal_and_tight() -> None:
+    torch.manual_seed(0)
+    model = NormPreservingConvNet(
+        1, 10, image_size=16, stage_convs=(1, 2), hidden_features=(32, 16), hidden_groups=(4, 1)
+    ).double()
+    grouped = [module for module in model.layers if isinstance(module, BlockDiagonal)]
+    assert len(grouped) == 1
+    assert grouped[0].split_sizes == [64] * 4  # 16 channels x 4 x 4 = 256 features
+    assert [(block.in_features, block.out_features) for block in grouped[0].blocks] == [(64, 8)] * 4
+    assert isinstance(model.layers[-3], OrthogonalLinear)
+    assert model.layers[-3].in_features == 32
+    for output in (0, 9):
+        norms = gradient_norms(model, torch.rand(8, 1, 16, 16, dtype=torch.float64), output_index=output)
+        torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="`hidden_groups` 3 must divide the layer's input width 256"):
+        NormPreservingConvNet(
+            1, 10, image_size=16, stage_convs=(1, 2), hidden_features=(30,), hidden_groups=3
+        )
+    with pytest.raises(ValueError, match="one positive integer per hidden layer"):
+        NormPreservingConvNet(
+            1, 10, image_size=16, stage_convs=(1, 2), hidden_features=(32, 16), hidden_groups=(2,)
+        )
 
 
 def test_a_widening_mlp_is_not_tight() -> None:

@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 from lightning_ot.models import LipschitzConvNet, LipschitzMLP, LipschitzResNet
 from lightning_ot.nn import (
+    BlockDiagonal,
     GlobalL2NormPool2d,
     GroupSort,
     InvertibleDownsampling,
@@ -35,6 +36,7 @@ LAYERS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "invertible_downsampling": (lambda: InvertibleDownsampling(2), (2, 4, 4)),
     "normalize": (lambda: Normalize([0.1, -0.2], [0.5, 2.0]), (2, 3, 3)),
     "orthogonal_linear": (lambda: OrthogonalLinear(6, 4), (6,)),
+    "block_diagonal": (lambda: BlockDiagonal([OrthogonalLinear(4, 2), OrthogonalLinear(2, 2)]), (6,)),
     "orthogonal_conv": (lambda: OrthogonalConv2d(2, 4, 3), (2, 5, 5)),
     "orthogonal_conv_strided": (lambda: OrthogonalConv2d(2, 8, 3, stride=2), (2, 6, 6)),
     "residual": (
