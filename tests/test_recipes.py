@@ -23,6 +23,7 @@ STEPPED: dict[str, tuple[list[int], int, list[str]]] = {
     "mnist5k": ([1, 28, 28], 10, []),
     "mnist5k_08": ([1, 28, 28], 2, []),
     "mnist5k_straight": ([1, 28, 28], 10, []),
+    "mnist5k_fast": ([1, 28, 28], 10, []),
     "fashion_mnist": ([1, 28, 28], 10, []),
     "celeba": ([3, 64, 64], 2, []),
     "cats_vs_dogs": ([3, 128, 128], 2, []),
@@ -166,15 +167,17 @@ def _config_backbone(name: str) -> str:
     ].rsplit(".", 1)[1]
 
 
-def test_the_straight_recipe_is_mnist5k_with_the_penalty_a_wider_head_and_more_epochs() -> None:
-    def parsed(name: str) -> dict:
-        config = _ParseOnly(
-            OTClassifier, pl.LightningDataModule, run=False, args=["--config", str(recipe_path(name))]
-        ).config.as_dict()
-        config.pop("config", None)
-        return config
+def _parsed_config(name: str) -> dict[str, Any]:
+    """The recipe as the CLI parser completes it (defaults filled in), without the config path."""
+    config = _ParseOnly(
+        OTClassifier, pl.LightningDataModule, run=False, args=["--config", str(recipe_path(name))]
+    ).config.as_dict()
+    config.pop("config", None)
+    return config
 
-    base, straight = parsed("mnist5k"), parsed("mnist5k_straight")
+
+def test_the_straight_recipe_is_mnist5k_with_the_penalty_a_wider_head_and_more_epochs() -> None:
+    base, straight = _parsed_config("mnist5k"), _parsed_config("mnist5k_straight")
     assert base["model"]["init_args"]["straightness_weight"] == 0.0
     assert straight["model"]["init_args"].pop("straightness_weight") == 50.0
     base["model"]["init_args"].pop("straightness_weight")
@@ -184,3 +187,11 @@ def test_the_straight_recipe_is_mnist5k_with_the_penalty_a_wider_head_and_more_e
     schedules = [config["model"]["init_args"]["lr_scheduler"]["init_args"] for config in (base, straight)]
     assert [schedule.pop("T_max") for schedule in schedules] == [80, 120]
     assert straight == base
+
+
+def test_the_fast_recipe_is_mnist5k_with_a_two_block_head() -> None:
+    base, fast = _parsed_config("mnist5k"), _parsed_config("mnist5k_fast")
+    base_backbone = base["model"]["init_args"]["backbone"]["init_args"]
+    fast_backbone = fast["model"]["init_args"]["backbone"]["init_args"]
+    assert (base_backbone.pop("hidden_groups"), fast_backbone.pop("hidden_groups")) == (1, 2)
+    assert fast == base
