@@ -343,6 +343,18 @@ def main() -> None:
         **drift,
     )
     compare(
+        "NormPreservingConvNet with a two-block head, 1x28x28 (the mnist5k_fast recipe's)",
+        NormPreservingConvNet(
+            1, 10, 28, stage_convs=(3, 6), kernel_size=(5, 3), hidden_features=(512,), hidden_groups=2
+        ),
+        (1, 28, 28),
+        10,
+        args.batch_sizes,
+        args.repeats,
+        args.warmup,
+        **drift,
+    )
+    compare(
         "MLP 64-(64 x 6)-10 (quickstart)",
         LipschitzMLP(64, 10, hidden_features=(64,) * 6),
         (64,),

@@ -50,8 +50,13 @@ def check_against_the_model(rows: list[dict[str, str]], model: OTClassifier, inp
     )
     assert [int(row["prediction"]) for row in rows] == top2.indices[:, 0].tolist()
     assert [int(row["target"]) for row in rows] == top2.indices[:, 1].tolist()
+    # The margin is a difference of two float32 logits computed in another process (other threads, so
+    # other summation orders): its absolute error is that of the logits, about 1e-7, whatever its size.
     np.testing.assert_allclose(
-        [float(row["margin"]) for row in rows], (top2.values[:, 0] - top2.values[:, 1]).numpy(), rtol=1e-5
+        [float(row["margin"]) for row in rows],
+        (top2.values[:, 0] - top2.values[:, 1]).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
     )
     for row in rows:
         assert row["flipped"] in ("0", "1")

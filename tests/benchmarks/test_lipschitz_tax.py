@@ -29,11 +29,12 @@ def test_small_backbones_print_paired_ratios_after_pretraining() -> None:
     ratios = re.findall(
         r"lightning_ot +[\d.]+ ms/step +ratio +([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)", output
     )
-    assert len(ratios) == 4  # the two ConvNets and the two MLPs
+    assert len(ratios) == 5  # the three ConvNets and the two MLPs
     norms = [float(value) for value in re.findall(r"gradient norm .* median ([\d.]+)", output)]
-    assert len(norms) == 4
+    assert len(norms) == 5
     assert norms[1] > 0.99  # the norm-preserving ConvNet
-    assert norms[2] > 0.99  # the quickstart MLP
+    assert norms[2] > 0.99  # the same with a two-block head
+    assert norms[3] > 0.99  # the quickstart MLP
     assert norms[0] < 0.9  # the widening ConvNet
     for ratio, low, high in ratios:
         assert float(low) <= float(ratio) <= float(high)
