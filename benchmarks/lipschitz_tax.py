@@ -332,28 +332,20 @@ def main() -> None:
         peers,
         **drift,
     )
-    compare(
-        "NormPreservingConvNet, 1x28x28 (the mnist5k recipe's)",
-        NormPreservingConvNet(1, 10, 28, stage_convs=(3, 6), kernel_size=(5, 3), hidden_features=(512,)),
-        (1, 28, 28),
-        10,
-        args.batch_sizes,
-        args.repeats,
-        args.warmup,
-        **drift,
-    )
-    compare(
-        "NormPreservingConvNet with a two-block head, 1x28x28 (the mnist5k_fast recipe's)",
-        NormPreservingConvNet(
-            1, 10, 28, stage_convs=(3, 6), kernel_size=(5, 3), hidden_features=(512,), hidden_groups=2
-        ),
-        (1, 28, 28),
-        10,
-        args.batch_sizes,
-        args.repeats,
-        args.warmup,
-        **drift,
-    )
+    for hidden_groups, title in (
+        (1, "NormPreservingConvNet, 1x28x28 (the mnist5k recipe's)"),
+        (2, "NormPreservingConvNet with a two-block head, 1x28x28 (the mnist5k_fast recipe's)"),
+    ):
+        backbone = NormPreservingConvNet(
+            1,
+            10,
+            28,
+            stage_convs=(3, 6),
+            kernel_size=(5, 3),
+            hidden_features=(512,),
+            hidden_groups=hidden_groups,
+        )
+        compare(title, backbone, (1, 28, 28), 10, args.batch_sizes, args.repeats, args.warmup, **drift)
     compare(
         "MLP 64-(64 x 6)-10 (quickstart)",
         LipschitzMLP(64, 10, hidden_features=(64,) * 6),
