@@ -23,7 +23,7 @@ from lightning_ot.nn import (
     lipschitz_audit,
     retract_weights_,
 )
-from lightning_ot.nn.conv import _orthonormal_bases
+from lightning_ot.nn.conv import _bcop_kernel, _bcop_kernel_by_steps, _BCOPKernel, _orthonormal_bases
 from lightning_ot.nn.linear import _bjorck_steps
 
 BOUND = 1 + 1e-4
@@ -164,6 +164,72 @@ def test_compose_kernels_matches_two_convolutions() -> None:
     x = torch.randn(2, 3, 12, 12)
     expected = F.conv2d(F.conv2d(x, first, padding=1), second, stride=2)
     torch.testing.assert_close(F.conv2d(x, compose_kernels(first, second), padding=1, stride=2), expected)
+
+
+def _graph_functions(tensor: Tensor) -> set[str]:
+    """Names of the autograd functions that computed ``tensor``."""
+    names, stack = set(), [tensor.grad_fn]
+    while stack:
+        function = stack.pop()
+        if function is not None:
+            names.add(type(function).__name__)
+            stack.extend(next_function for next_function, _ in function.next_functions)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("batch", "channels", "inputs", "steps"),
+    [(None, 4, 4, 2), (None, 8, 3, 4), (3, 4, 4, 8), (6, 16, 16, 4), (2, 6, 6, 6)],
+)
+def test_bcop_kernel_hand_written_backward_matches_autograd(
+    batch: int | None, channels: int, inputs: int, steps: int
+) -> None:
+    # the fused projection steps against the same steps recorded by autograd, one layer (batch None)
+    # or a stack of layers, with a column slice of the orthogonal matrix as the 1 x 1 kernel
+    torch.manual_seed(0)
+    leading = () if batch is None else (batch,)
+    square = torch.randn(*leading, channels, channels, 1, 1, dtype=torch.float64)
+    kernel = square[..., :inputs, :, :].requires_grad_()
+    bases = torch.linalg.qr(torch.randn(*leading, steps, channels, channels // 2, dtype=torch.float64)).Q
+    bases.requires_grad_()
+    result = _bcop_kernel(kernel, bases)
+    expected = _bcop_kernel_by_steps(kernel, bases)
+    assert "_BCOPKernelBackward" in _graph_functions(result)
+    assert "_BCOPKernelBackward" not in _graph_functions(expected)
+    assert result.shape == (*leading, channels, inputs, 1 + steps // 2, 1 + steps // 2)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
+    grad_output = torch.randn_like(result)
+    grads = torch.autograd.grad(result, (kernel, bases), grad_output)
+    expected_grads = torch.autograd.grad(expected, (kernel, bases), grad_output)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_bcop_kernel_function_passes_gradcheck_and_double_backward() -> None:
+    torch.manual_seed(0)
+    kernel = torch.randn(2, 4, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    bases = torch.linalg.qr(torch.randn(2, 4, 4, 2, dtype=torch.float64)).Q.requires_grad_()
+
+    def fused(kernel: Tensor, bases: Tensor) -> Tensor:
+        return _BCOPKernel.apply(kernel, bases)[0]
+
+    assert torch.autograd.gradcheck(fused, (kernel, bases))
+    assert torch.autograd.gradgradcheck(fused, (kernel, bases))
+
+
+def test_bcop_kernel_takes_the_recorded_steps_under_transforms() -> None:
+    # vmap and forward-mode AD see the steps as differentiable operations, with the same values
+    torch.manual_seed(0)
+    kernel = torch.randn(3, 4, 4, 1, 1)
+    bases = torch.linalg.qr(torch.randn(3, 4, 4, 2)).Q
+    expected = _bcop_kernel_by_steps(kernel, bases)
+    mapped = torch.func.vmap(_bcop_kernel)(kernel, bases)
+    torch.testing.assert_close(mapped, expected)
+    tangent = torch.randn_like(bases)
+    value, derivative = torch.func.jvp(lambda b: _bcop_kernel(kernel, b), (bases,), (tangent,))
+    _, expected_derivative = torch.func.jvp(lambda b: _bcop_kernel_by_steps(kernel, b), (bases,), (tangent,))
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(derivative, expected_derivative)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
