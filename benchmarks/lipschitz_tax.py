@@ -6,7 +6,10 @@
 For each backbone, the training step (forward, backward, Adam step) of the lightning_ot model and of
 its plain twin with ReLU (``unconstrained_twin``) are timed in the same run, interleaved step by step
 so that a shared machine slows both alike; the median of the per-round ratios after warm-up is
-printed, with its quartiles. On the 5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium
+printed, with its quartiles. A twin with circular padding pads as the library's convolutions do
+(``CircularPaddedConv2d``), so the ratio is the Lipschitz constraint's alone; such backbones also
+print the twin built from ``nn.Conv2d`` (PyTorch's slower circular padding: what a plain network
+written by hand costs), timed in the same rounds. On the 5-conv + 2-linear 28x28 network, deel-torchlip and orthogonium
 versions are timed too when those packages are installed (optional, never required). Then: peak memory of one training step of the
 ImageNet-scale ``LipschitzResNet`` at 224x224 (in a fresh subprocess), and the inference-time ratio
 of the ``vanilla_export`` of the ConvNet against its plain twin (``benchmarks/export_speed.py``
@@ -16,6 +19,7 @@ measures that for every backbone at batch 1 and 256).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -39,7 +43,8 @@ from lightning_ot.models import (
     NormPreservingConvNet,
     unconstrained_twin,
 )
-from lightning_ot.nn import gradient_norms, retract_weights_, vanilla_export
+from lightning_ot.nn import CircularPaddedConv2d, gradient_norms, retract_weights_, vanilla_export
+from lightning_ot.nn.export import replace_modules
 
 
 def training_step(
@@ -110,6 +115,34 @@ def pretrain(
             retract_weights_(model, retraction_steps)
 
 
+def with_pytorch_padding(twin: nn.Module) -> nn.Module | None:
+    """A copy of ``twin`` whose circular convolutions are ``nn.Conv2d`` (PyTorch's circular padding)
+    instead of :class:`~lightning_ot.nn.CircularPaddedConv2d`, or None if it has none.
+
+    The twin pads as the library's layers do, so that the tax measures the Lipschitz constraint
+    alone; this copy is what a plain network written with ``nn.Conv2d`` costs.
+    """
+    if not any(isinstance(module, CircularPaddedConv2d) for module in twin.modules()):
+        return None
+
+    def replace(module: nn.Module) -> nn.Module | None:
+        if not isinstance(module, CircularPaddedConv2d):
+            return None
+        conv = nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+        )
+        conv.load_state_dict(module.state_dict())
+        return conv
+
+    return replace_modules(copy.deepcopy(twin), replace)
+
+
 def paired_ratio(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
     """Median and quartiles of the per-round ratios ``times[i] / baseline[i]``.
 
@@ -176,6 +209,7 @@ def compare(
     retraction_steps: int = 0,
 ) -> dict[str, dict[int, float]]:
     twin = unconstrained_twin(model)
+    pytorch_padded = with_pytorch_padding(twin)
     if pretrain_steps:
         pretrain(model, input_shape, num_outputs, pretrain_steps, pretrain_lr, retraction_steps)
         title += f", after {pretrain_steps} Adam steps at lr {pretrain_lr:g}"
@@ -202,6 +236,8 @@ def compare(
             "plain twin (ReLU)": training_step(twin, batch, target),
             "lightning_ot": training_step(model, batch, target, retraction_steps),
         }
+        if pytorch_padded is not None:
+            steps["twin, nn.Conv2d pad"] = training_step(pytorch_padded, batch, target)
         for name, peer in (peers or {}).items():
             steps[name] = training_step(peer, batch, target)
         times = interleaved_times(steps, repeats, warmup)

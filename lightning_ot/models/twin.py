@@ -6,7 +6,7 @@ import copy
 
 from torch import nn
 
-from lightning_ot.nn import GlobalL2NormPool2d, GroupSort, L2NormPool2d, MaxMin
+from lightning_ot.nn import CircularPaddedConv2d, GlobalL2NormPool2d, GroupSort, L2NormPool2d, MaxMin
 from lightning_ot.nn.export import exported_layer, plain_layer, replace_modules
 
 __all__ = ["unconstrained_twin"]
@@ -18,7 +18,8 @@ def unconstrained_twin(
     """The same architecture with plain layers: the paper's unconstrained baseline.
 
     ``OrthogonalLinear`` -> ``nn.Linear``, ``OrthogonalConv2d`` -> ``nn.Conv2d`` (same shapes, stride,
-    padding and padding mode; PyTorch's default initialization, or with ``copy_weights`` the
+    padding and padding mode; a circular one is a :class:`~lightning_ot.nn.CircularPaddedConv2d`,
+    which pads as ``OrthogonalConv2d`` does; PyTorch's default initialization, or with ``copy_weights`` the
     model's current orthogonal weights, so that the twin starts where the constrained network
     starts: deep narrow plain networks often fail to train from the default initialization, e.g.
     :class:`~lightning_ot.models.NormPreservingConvNet`'s twin stays at chance), ``MaxMin`` / ``GroupSort`` -> ``activation()``,
@@ -36,6 +37,8 @@ def unconstrained_twin(
 
     def replace(module: nn.Module) -> nn.Module | None:
         plain = exported_layer(module) if copy_weights else plain_layer(module)
+        if isinstance(plain, nn.Conv2d) and plain.padding_mode == "circular":
+            return _padded_as_the_library_pads(plain)
         if plain is not None:
             return plain
         if isinstance(module, MaxMin | GroupSort):
@@ -53,3 +56,21 @@ def unconstrained_twin(
     finally:
         model.train(was_training)
     return twin.train(was_training)
+
+
+def _padded_as_the_library_pads(conv: nn.Conv2d) -> CircularPaddedConv2d:
+    """The same convolution (arguments, parameters) as a :class:`~lightning_ot.nn.CircularPaddedConv2d`."""
+    padded = CircularPaddedConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device="meta",  # no initialization (nor random numbers drawn): the parameters are conv's
+    )
+    padded.load_state_dict(conv.state_dict(), assign=True)
+    return padded

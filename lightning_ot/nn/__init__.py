@@ -11,6 +11,7 @@ from lightning_ot.nn.bounds import certify_weight, operator_norm_bound
 from lightning_ot.nn.conv import OrthogonalConv2d, assembled_together, compose_kernels
 from lightning_ot.nn.linear import BjorckOrthogonalization, OrthogonalLinear, bjorck_orthonormalize
 from lightning_ot.nn.normalization import Normalize
+from lightning_ot.nn.padding import CircularPaddedConv2d, circular_pad
 from lightning_ot.nn.pooling import GlobalL2NormPool2d, InvertibleDownsampling, L2NormPool2d, l2_norm_pool2d
 from lightning_ot.nn.residual import LipschitzResidual
 from lightning_ot.nn.retraction import retract_weights_
@@ -18,6 +19,7 @@ from lightning_ot.nn.retraction import retract_weights_
 __all__ = [
     "BjorckOrthogonalization",
     "BlockDiagonal",
+    "CircularPaddedConv2d",
     "GlobalL2NormPool2d",
     "GroupSort",
     "InvertibleDownsampling",
@@ -33,6 +35,7 @@ __all__ = [
     "bjorck_orthonormalize",
     "cached_weights",
     "certify_weight",
+    "circular_pad",
     "compose_kernels",
     "empirical_lipschitz",
     "gradient_norms",

@@ -35,6 +35,7 @@ from lightning_ot.nn.linear import (
     _used_as_it_is,
     bjorck_orthonormalize,
 )
+from lightning_ot.nn.padding import circular_pad
 
 __all__ = ["OrthogonalConv2d", "assembled_together", "compose_kernels"]
 
@@ -486,7 +487,7 @@ class OrthogonalConv2d(_RetractedState, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         if self.padding_mode == "circular" and any(self.padding):
             rows, columns = self.padding
-            padded = F.pad(input, (columns, columns, rows, rows), mode="circular")
+            padded = circular_pad(input, (columns, columns, rows, rows))
             return F.conv2d(padded, self.weight, self.bias, self.stride)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding)
 

@@ -30,6 +30,8 @@ def test_small_backbones_print_paired_ratios_after_pretraining() -> None:
         r"lightning_ot +[\d.]+ ms/step +ratio +([\d.]+)x \(quartiles ([\d.]+)-([\d.]+)\)", output
     )
     assert len(ratios) == 5  # the three ConvNets and the two MLPs
+    # the two circular-padded ConvNets are also timed against a twin with nn.Conv2d's own padding
+    assert len(re.findall(r"twin, nn.Conv2d pad +[\d.]+ ms/step +ratio", output)) == 2
     norms = [float(value) for value in re.findall(r"gradient norm .* median ([\d.]+)", output)]
     assert len(norms) == 5
     assert norms[1] > 0.99  # the norm-preserving ConvNet
