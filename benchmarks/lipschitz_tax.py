@@ -126,19 +126,7 @@ def with_pytorch_padding(twin: nn.Module) -> nn.Module | None:
         return None
 
     def replace(module: nn.Module) -> nn.Module | None:
-        if not isinstance(module, CircularPaddedConv2d):
-            return None
-        conv = nn.Conv2d(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-        )
-        conv.load_state_dict(module.state_dict())
-        return conv
+        return module.as_conv2d() if isinstance(module, CircularPaddedConv2d) else None
 
     return replace_modules(copy.deepcopy(twin), replace)
 

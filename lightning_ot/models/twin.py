@@ -38,7 +38,7 @@ def unconstrained_twin(
     def replace(module: nn.Module) -> nn.Module | None:
         plain = exported_layer(module) if copy_weights else plain_layer(module)
         if isinstance(plain, nn.Conv2d) and plain.padding_mode == "circular":
-            return _padded_as_the_library_pads(plain)
+            return CircularPaddedConv2d.from_conv2d(plain)
         if plain is not None:
             return plain
         if isinstance(module, MaxMin | GroupSort):
@@ -56,21 +56,3 @@ def unconstrained_twin(
     finally:
         model.train(was_training)
     return twin.train(was_training)
-
-
-def _padded_as_the_library_pads(conv: nn.Conv2d) -> CircularPaddedConv2d:
-    """The same convolution (arguments, parameters) as a :class:`~lightning_ot.nn.CircularPaddedConv2d`."""
-    padded = CircularPaddedConv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device="meta",  # no initialization (nor random numbers drawn): the parameters are conv's
-    )
-    padded.load_state_dict(conv.state_dict(), assign=True)
-    return padded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +133,40 @@ class CircularPaddedConv2d(nn.Conv2d):
         torch.Size([1, 4, 8, 8])
     """
 
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d) -> CircularPaddedConv2d:
+        """The same convolution (arguments, parameters: shared, not copied) as a ``CircularPaddedConv2d``;
+        no initialization runs, so no random number is drawn."""
+        return _same_convolution(conv, cls)
+
+    def as_conv2d(self) -> nn.Conv2d:
+        """The same convolution as a plain ``nn.Conv2d`` (PyTorch's padding; parameters shared)."""
+        return _same_convolution(self, nn.Conv2d)
+
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.padding_mode != "circular":
             return super()._conv_forward(input, weight, bias)
         padded = circular_pad(input, self._reversed_padding_repeated_twice)
         return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
+_Convolution = TypeVar("_Convolution", bound=nn.Conv2d)
+
+
+def _same_convolution(conv: nn.Conv2d, kind: type[_Convolution]) -> _Convolution:
+    """A ``kind`` with ``conv``'s arguments, holding ``conv``'s parameters (built on the meta device:
+    no initialization, no random numbers drawn)."""
+    same = kind(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device="meta",
+    )
+    same.load_state_dict(conv.state_dict(), assign=True)
+    return same

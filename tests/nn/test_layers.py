@@ -25,6 +25,7 @@ from lightning_ot.nn import (
 )
 from lightning_ot.nn.conv import _bcop_kernel, _bcop_kernel_by_steps, _BCOPKernel, _orthonormal_bases
 from lightning_ot.nn.linear import _bjorck_steps
+from tests.nn._graph import graph_functions
 
 BOUND = 1 + 1e-4
 
@@ -166,17 +167,6 @@ def test_compose_kernels_matches_two_convolutions() -> None:
     torch.testing.assert_close(F.conv2d(x, compose_kernels(first, second), padding=1, stride=2), expected)
 
 
-def _graph_functions(tensor: Tensor) -> set[str]:
-    """Names of the autograd functions that computed ``tensor``."""
-    names, stack = set(), [tensor.grad_fn]
-    while stack:
-        function = stack.pop()
-        if function is not None:
-            names.add(type(function).__name__)
-            stack.extend(next_function for next_function, _ in function.next_functions)
-    return names
-
-
 @pytest.mark.parametrize(
     ("batch", "channels", "inputs", "steps"),
     [(None, 4, 4, 2), (None, 8, 3, 4), (3, 4, 4, 8), (6, 16, 16, 4), (2, 6, 6, 6)],
@@ -194,8 +184,8 @@ def test_bcop_kernel_hand_written_backward_matches_autograd(
     bases.requires_grad_()
     result = _bcop_kernel(kernel, bases)
     expected = _bcop_kernel_by_steps(kernel, bases)
-    assert "_BCOPKernelBackward" in _graph_functions(result)
-    assert "_BCOPKernelBackward" not in _graph_functions(expected)
+    assert "_BCOPKernelBackward" in graph_functions(result)
+    assert "_BCOPKernelBackward" not in graph_functions(expected)
     assert result.shape == (*leading, channels, inputs, 1 + steps // 2, 1 + steps // 2)
     torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
     grad_output = torch.randn_like(result)

@@ -71,8 +71,13 @@ def test_circular_pad_is_pytorch_padding_where_its_function_does_not_apply() -> 
 def test_circular_padded_conv_is_nn_conv2d(padding_mode: str) -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode)
-    padded = CircularPaddedConv2d(3, 4, 3, padding=1, padding_mode=padding_mode)
-    padded.load_state_dict(conv.state_dict())
+    padded = CircularPaddedConv2d.from_conv2d(conv)
+    assert padded.weight is not conv.weight
+    assert padded.weight.data_ptr() == conv.weight.data_ptr()  # the same values, not a copy
+    back = padded.as_conv2d()
+    assert type(back) is nn.Conv2d
+    assert back.padding_mode == padding_mode
+    assert back.padding == (1, 1)
     input = torch.randn(2, 3, 8, 8, requires_grad=True)
     output, expected = padded(input), conv(input)
     torch.testing.assert_close(output, expected)

@@ -17,6 +17,7 @@ from lightning_ot.nn import (
     assembled_together,
     retract_weights_,
 )
+from tests.nn._graph import graph_functions
 
 
 def _deviation(matrix: torch.Tensor) -> float:
@@ -155,17 +156,6 @@ def test_after_every_adam_step_a_retraction_keeps_the_forward_at_few_bjorck_step
     assert steps[True] <= 3, steps
 
 
-def _graph_functions(tensor: torch.Tensor) -> set[str]:
-    """Names of the autograd functions that computed ``tensor``."""
-    names, stack = set(), [tensor.grad_fn]
-    while stack:
-        function = stack.pop()
-        if function is not None:
-            names.add(type(function).__name__)
-            stack.extend(next_function for next_function, _ in function.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("name", ["linear wide", "linear tall"])
 def test_after_a_retraction_training_uses_the_raw_matrix_and_the_tangent_gradient(name: str) -> None:
     """Until the next change, a retracted matrix is the training weight as it is (no Björck step),
@@ -176,7 +166,7 @@ def test_after_a_retraction_training_uses_the_raw_matrix_and_the_tangent_gradien
     retract_weights_(layer, steps=8)  # near orthonormal, where the tangent projection is Björck's limit
     weight = layer.compute_weight()
     assert torch.equal(weight.detach(), layer.weight_orig.detach())
-    assert "_BjorckFunctionBackward" not in _graph_functions(weight)
+    assert "_BjorckFunctionBackward" not in graph_functions(weight)
     direction = torch.randn(weight.shape, dtype=torch.float64)
     (raw,) = torch.autograd.grad((weight * direction).sum(), layer.weight_orig)
     converged = linear_module.bjorck_orthonormalize(layer.weight_orig, 30, None)
@@ -186,7 +176,7 @@ def test_after_a_retraction_training_uses_the_raw_matrix_and_the_tangent_gradien
     with torch.no_grad():
         layer.weight_orig.mul_(1.5)
     weight = layer.compute_weight()
-    assert "_BjorckFunctionBackward" in _graph_functions(weight)
+    assert "_BjorckFunctionBackward" in graph_functions(weight)
     torch.testing.assert_close(weight.detach(), layer.weight_orig.detach() / 1.5, atol=1e-6, rtol=0)
 
 
@@ -205,7 +195,7 @@ def test_a_retracted_linear_layer_takes_the_projected_gradient_from_the_batch(
     retract_weights_(layer, steps=8)
     x = torch.randn(*batch_shape, layer.in_features, dtype=torch.float64, requires_grad=True)
     output = layer(x)
-    functions = _graph_functions(output)
+    functions = graph_functions(output)
     from_batch = len(x.reshape(-1, layer.in_features)) < min(layer.in_features, layer.out_features)
     assert ("_TangentLinearBackward" in functions) == from_batch
     assert "_BjorckFunctionBackward" not in functions
@@ -240,11 +230,11 @@ def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None
     _drift_(layer, seed=1)
     retract_weights_(layer, steps=8)
     x = torch.randn(4, 40)
-    assert "_TangentLinearBackward" in _graph_functions(layer(x))
+    assert "_TangentLinearBackward" in graph_functions(layer(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = layer(x)
     assert output.dtype == torch.bfloat16
-    assert "_TangentLinearBackward" not in _graph_functions(output)
+    assert "_TangentLinearBackward" not in graph_functions(output)
     params = dict(layer.named_parameters())
 
     def loss(parameters: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -258,7 +248,7 @@ def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None
     with torch.no_grad():
         assert layer(x).grad_fn is None
     layer.eval()
-    assert "_TangentLinearBackward" not in _graph_functions(layer(x))
+    assert "_TangentLinearBackward" not in graph_functions(layer(x))
 
     class HalvedLinear(OrthogonalLinear):
         def compute_weight(self) -> torch.Tensor:
@@ -267,7 +257,7 @@ def test_the_batch_side_projection_steps_aside_where_it_does_not_apply() -> None
     halved = HalvedLinear(40, 24)
     halved.load_state_dict(layer.state_dict())  # retracted, as the layer
     output = halved(x)
-    assert "_TangentLinearBackward" not in _graph_functions(output)
+    assert "_TangentLinearBackward" not in graph_functions(output)
     torch.testing.assert_close(output, x @ (0.5 * halved.weight_orig).T.detach() + halved.bias.detach())
 
 
@@ -301,10 +291,10 @@ def test_retracted_convolutions_skip_bjorck_in_training() -> None:
     for name in ("conv 3x3 (BCOP)", "conv 2x2 stride 2", "conv 4x4 stride 2"):
         layer = LAYERS[name]()
         _drift_(layer, seed=4)
-        assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
+        assert "_BjorckFunctionBackward" in graph_functions(layer.compute_weight())
         retract_weights_(layer, steps=8)
         kernel = layer.compute_weight()
-        assert "_BjorckFunctionBackward" not in _graph_functions(kernel), name
+        assert "_BjorckFunctionBackward" not in graph_functions(kernel), name
         with torch.no_grad():
             torch.testing.assert_close(kernel.detach(), layer.compute_weight(), atol=1e-6, rtol=0)
 
@@ -316,11 +306,11 @@ def test_copies_of_a_retracted_layer_orthonormalize_their_own_matrices() -> None
     layer = OrthogonalLinear(24, 40, dtype=torch.float64)
     _drift_(layer, seed=3)
     retract_weights_(layer, steps=1)  # still far from orthonormal: the forward runs Björck's iteration
-    assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
+    assert "_BjorckFunctionBackward" in graph_functions(layer.compute_weight())
     retract_weights_(layer, steps=8)
     assert torch.equal(layer.compute_weight().detach(), layer.weight_orig.detach())
     for duplicate in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
-        assert "_BjorckFunctionBackward" in _graph_functions(duplicate.compute_weight())
+        assert "_BjorckFunctionBackward" in graph_functions(duplicate.compute_weight())
 
 
 def test_state_dicts_carry_the_retraction_so_that_a_resume_trains_alike() -> None:
@@ -333,11 +323,11 @@ def test_state_dicts_carry_the_retraction_so_that_a_resume_trains_alike() -> Non
         assert bool(state["retracted"])
         fresh = make()
         fresh.load_state_dict(state)  # strict: the key is known
-        assert "_BjorckFunctionBackward" not in _graph_functions(fresh.compute_weight())
+        assert "_BjorckFunctionBackward" not in graph_functions(fresh.compute_weight())
         torch.testing.assert_close(fresh.compute_weight(), layer.compute_weight())
         plain = make()
         plain.load_state_dict({key: value for key, value in state.items() if key != "retracted"})
-        assert "_BjorckFunctionBackward" in _graph_functions(plain.compute_weight())
+        assert "_BjorckFunctionBackward" in graph_functions(plain.compute_weight())
         with torch.no_grad():
             layer.bias.add_(0.0)  # a bias is not retracted: the flag stays
         assert "retracted" in layer.state_dict()
@@ -348,7 +338,7 @@ def test_state_dicts_carry_the_retraction_so_that_a_resume_trains_alike() -> Non
         with torch.no_grad():
             matrix.mul_(1.01)
         assert "retracted" not in layer.state_dict()  # changed: no longer what was retracted
-        assert "_BjorckFunctionBackward" in _graph_functions(layer.compute_weight())
+        assert "_BjorckFunctionBackward" in graph_functions(layer.compute_weight())
 
 
 @pytest.mark.parametrize(("spread", "quick_start"), [(0.05, True), (0.3, None), (0.6, False)])
@@ -403,9 +393,9 @@ def test_kernels_assembled_together_are_each_layers_own() -> None:
     own = [layer.compute_weight() for layer in same]
     with assembled_together(network):
         kernels = [layer.weight for layer in same]
-        assert all("StackBackward0" in _graph_functions(kernel) for kernel in kernels)
-        assert "StackBackward0" not in _graph_functions(alone.weight)
-        assert "StackBackward0" not in _graph_functions(strided.weight)
+        assert all("StackBackward0" in graph_functions(kernel) for kernel in kernels)
+        assert "StackBackward0" not in graph_functions(alone.weight)
+        assert "StackBackward0" not in graph_functions(strided.weight)
     assert all(layer._assembled is None for layer in same)
     directions = [torch.randn(kernel.shape, dtype=torch.float64) for kernel in kernels]
     sources = [parameter for layer in same for parameter in (layer.orthogonal, layer.projections)]
@@ -420,8 +410,8 @@ def test_kernels_assembled_together_are_each_layers_own() -> None:
     with assembled_together(network):
         with torch.no_grad():
             same[0].projections.mul_(1.0)  # a change (version bump): that layer computes its own again
-        assert "StackBackward0" not in _graph_functions(same[0].weight)
-        assert "StackBackward0" in _graph_functions(same[1].weight)
+        assert "StackBackward0" not in graph_functions(same[0].weight)
+        assert "StackBackward0" in graph_functions(same[1].weight)
 
 
 def test_assembled_kernels_need_retracted_matrices_and_a_training_forward() -> None:
@@ -429,7 +419,7 @@ def test_assembled_kernels_need_retracted_matrices_and_a_training_forward() -> N
     network = nn.Sequential(*(OrthogonalConv2d(8, 8, 3, dtype=torch.float64) for _ in range(2)))
     _drift_(network, seed=7)
     with assembled_together(network):  # not retracted: Björck's iteration, layer by layer
-        assert "_BjorckFunctionBackward" in _graph_functions(network[0].weight)
+        assert "_BjorckFunctionBackward" in graph_functions(network[0].weight)
     retract_weights_(network, steps=8)
     network.eval()
     with assembled_together(network):
@@ -449,8 +439,8 @@ def test_the_tight_convnet_trains_alike_with_its_kernels_assembled_together() ->
     parameters = list(model.parameters())
     together = model(x)  # through `assembled_together`
     apart = model.layers(x)
-    assert "StackBackward0" in _graph_functions(together)
-    assert "StackBackward0" not in _graph_functions(apart)
+    assert "StackBackward0" in graph_functions(together)
+    assert "StackBackward0" not in graph_functions(apart)
     torch.testing.assert_close(together, apart, atol=1e-12, rtol=0)
     for got, expected in zip(
         torch.autograd.grad(together.square().sum(), parameters),
