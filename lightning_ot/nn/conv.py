@@ -120,8 +120,8 @@ class _BCOPKernel(Function):
     arithmetic. Step ``s`` maps a kernel ``K`` to ``out[j] = P K[j] + (I - P) K[j - 1]`` along its
     axis (``P = Q Q^T``, ``K[-1] = K[w] = 0``), so with ``G`` the gradient of ``out`` and
     ``D[j] = G[j] - G[j + 1]`` the gradients are ``G[j + 1] + P D[j]`` for ``K`` and
-    ``(D K^T + K D^T) Q`` for ``Q``, summed over the kernel's positions: five batched products and
-    two elementwise operations per step, forward and backward together, plus the shifts. The
+    ``(D K^T + K D^T) Q`` for ``Q``, summed over the kernel's positions: six batched products and
+    five elementwise operations per step, forward and backward together. The
     forward returns the kernels before each step and their coordinates ``Q^T K`` as non-differentiable
     outputs (what the backward needs). A backward that is itself recorded (double backward) recomputes
     the steps in differentiable operations. Shapes: kernel (L, c, i, 1, 1), bases (L, S, c, r); output

@@ -72,11 +72,11 @@ def _plain(input: Tensor) -> bool:
     """Whether :class:`_CircularPad` applies: autograd records ``input`` and no transform, tracer,
     compiler or forward-mode tangent sees it."""
     return (
-        torch.is_grad_enabled()
-        and input.requires_grad
+        not torch.compiler.is_compiling()  # first, as in the layers: the rest reads what dynamo traces
         and not isinstance(input, torch.fx.Proxy)
-        and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
+        and torch.is_grad_enabled()
+        and input.requires_grad
         and not is_transformed(input)
         and torch.autograd.forward_ad.unpack_dual(input).tangent is None
     )

@@ -9,6 +9,7 @@ from torch import nn
 
 from lightning_ot.models import NormPreservingConvNet, unconstrained_twin
 from lightning_ot.nn import CircularPaddedConv2d, OrthogonalConv2d, circular_pad
+from tests.nn._graph import graph_functions
 
 
 def _recorded_by(tensor: torch.Tensor) -> str:
@@ -114,3 +115,18 @@ def test_orthogonal_conv_and_its_twin_pad_alike() -> None:
     torch.testing.assert_close(fresh_conv.weight, reference_conv.weight, rtol=0, atol=0)
     torch.testing.assert_close(fresh_linear.weight, reference_linear.weight, rtol=0, atol=0)
     assert all(parameter.requires_grad for parameter in fresh.parameters())
+
+
+def test_a_compiled_circular_convolution_matches_the_eager_one() -> None:
+    # dynamo traces F.pad's circular padding: the same values and input gradients as the eager layer
+    torch.manual_seed(0)
+    model = nn.Sequential(OrthogonalConv2d(2, 2, 3, padding_mode="circular"), nn.Flatten(), nn.Linear(32, 1))
+    compiled = torch.compile(model, backend="aot_eager")
+    input = torch.randn(3, 2, 4, 4, requires_grad=True)
+    eager = model(input)
+    assert "_CircularPadBackward" in graph_functions(eager)  # eagerly, the written-out backward
+    (eager_grad,) = torch.autograd.grad(eager.sum(), input)
+    output = compiled(input)
+    torch.testing.assert_close(output, model(input))
+    (compiled_grad,) = torch.autograd.grad(output.sum(), input)
+    torch.testing.assert_close(compiled_grad, eager_grad)
