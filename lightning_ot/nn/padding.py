@@ -21,30 +21,17 @@ class _CircularPad(Function):
     PyTorch builds the circular padding from slices of slices, and autograd records each: its
     backward allocates a zero tensor of the padded size for every slice and adds them up (some ten
     passes over the padded tensor; 0.75 ms for a 128 x 16 x 9 x 9 result on one CPU thread, against
-    0.1 ms for the forward). The padding's adjoint folds the borders back onto the opposite sides:
-    one copy of the interior rows, two sums of border rows, then the same for the columns. The
-    backward is written in differentiable operations, so it is itself recorded where a double
+    0.15 ms for the forward, which is kept). The padding's adjoint folds the borders back onto the
+    opposite sides: one copy of the interior rows, two sums of border rows, then the same for the
+    columns. The backward is written in differentiable operations, so it is itself recorded where a double
     backward asks for it. Shapes: input (*, H, W), ``pad = (left, right, top, bottom)``, each at most
     the size it wraps; output (*, top + H + bottom, left + W + right).
     """
 
     @staticmethod
     def forward(input: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-        left, right, top, bottom = pad
-        height, width = input.shape[-2:]
-        output = input.new_empty(*input.shape[:-2], top + height + bottom, left + width + right)
-        columns = slice(left, left + width)
-        output[..., top : top + height, columns] = input
-        if top:
-            output[..., :top, columns] = input[..., height - top :, :]
-        if bottom:
-            output[..., top + height :, columns] = input[..., :bottom, :]
-        # the columns wrap around the rows just written, corners included
-        if left:
-            output[..., :left] = output[..., width : width + left]
-        if right:
-            output[..., left + width :] = output[..., left : left + right]
-        return output
+        # PyTorch's own padding: unrecorded here, it is faster than slice assignments
+        return F.pad(input, pad, mode="circular")
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, tuple[int, int, int, int]], output: Tensor) -> None:
