@@ -23,9 +23,9 @@ class _CircularPad(Function):
     passes over the padded tensor; 0.75 ms for a 128 x 16 x 9 x 9 result on one CPU thread, against
     0.15 ms for the forward, which is kept). The padding's adjoint folds the borders back onto the
     opposite sides: one copy of the interior rows, two sums of border rows, then the same for the
-    columns. The backward is written in differentiable operations, so it is itself recorded where a double
-    backward asks for it. Shapes: input (*, H, W), ``pad = (left, right, top, bottom)``, each at most
-    the size it wraps; output (*, top + H + bottom, left + W + right).
+    columns. The backward is written in differentiable operations, so it is itself recorded where a
+    double backward asks for it. Shapes: input (*, H, W), ``pad = (left, right, top, bottom)``, each
+    at most the size it wraps; output (*, top + H + bottom, left + W + right).
     """
 
     @staticmethod
