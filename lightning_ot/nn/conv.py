@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lightning_ot.nn._cache import WeightCache
 from lightning_ot.nn._function import Function
-from lightning_ot.nn._transforms import is_transformed
+from lightning_ot.nn._transforms import is_transformed, seen_eagerly
 from lightning_ot.nn.bounds import certify_weight
 from lightning_ot.nn.linear import (
     _PlannedRetraction,
@@ -194,25 +194,19 @@ def _recorded_bcop_backward(
     return tuple(next(grads) if wanted else None for wanted in needs)  # type: ignore[return-value]
 
 
-def _plain_tensors(*tensors: Tensor) -> bool:
-    """Whether :class:`_BCOPKernel` applies: no transform, tracer, compiler, forward-mode tangent or autocast."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    for tensor in tensors:
-        if isinstance(tensor, torch.fx.Proxy) or is_transformed(tensor):
-            return False
-        if torch.autograd.forward_ad.unpack_dual(tensor).tangent is not None:
-            return False
-    return not torch.is_autocast_enabled(tensors[0].device.type)
-
-
 def _bcop_kernel(kernel: Tensor, bases: Tensor | None) -> Tensor:
     """The BCOP kernel from the 1 x 1 kernel of the orthogonal matrix and the projections' bases:
     one horizontal and one vertical step per pair of bases. Shapes: kernel (*, c, i, 1, 1), bases
     (*, 2 (k - 1), c, c / 2) or None (k = 1); result (*, c, i, k, k)."""
     if bases is None or bases.shape[-3] == 0:
         return kernel
-    if kernel.dim() in (4, 5) and bases.dim() == kernel.dim() - 1 and _plain_tensors(kernel, bases):
+    fused = (
+        kernel.dim() in (4, 5)
+        and bases.dim() == kernel.dim() - 1
+        and seen_eagerly(kernel, bases)
+        and not torch.is_autocast_enabled(kernel.device.type)
+    )
+    if fused:
         if kernel.dim() == 4:
             return _BCOPKernel.apply(kernel[None], bases[None])[0][0]
         return _BCOPKernel.apply(kernel, bases)[0]

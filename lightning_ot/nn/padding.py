@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ot.nn._function import Function
-from lightning_ot.nn._transforms import is_transformed
+from lightning_ot.nn._transforms import seen_eagerly
 
 __all__ = ["CircularPaddedConv2d", "circular_pad"]
 
@@ -55,20 +55,6 @@ class _CircularPad(Function):
         return grad, None
 
 
-def _plain(input: Tensor) -> bool:
-    """Whether :class:`_CircularPad` applies: autograd records ``input`` and no transform, tracer,
-    compiler or forward-mode tangent sees it."""
-    return (
-        not torch.compiler.is_compiling()  # first, as in the layers: the rest reads what dynamo traces
-        and not isinstance(input, torch.fx.Proxy)
-        and not torch.jit.is_tracing()
-        and torch.is_grad_enabled()
-        and input.requires_grad
-        and not is_transformed(input)
-        and torch.autograd.forward_ad.unpack_dual(input).tangent is None
-    )
-
-
 def circular_pad(input: Tensor, pad: Sequence[int]) -> Tensor:
     """``F.pad(input, pad, mode="circular")`` for the last two dimensions, with a faster backward.
 
@@ -92,7 +78,8 @@ def circular_pad(input: Tensor, pad: Sequence[int]) -> Tensor:
                  [2., 0., 1., 2., 0.]]])
     """
     pad = tuple(int(size) for size in pad)
-    if len(pad) != 4 or input.dim() < 3 or not _plain(input):
+    recorded = seen_eagerly(input) and torch.is_grad_enabled() and input.requires_grad
+    if len(pad) != 4 or input.dim() < 3 or not recorded:
         return F.pad(input, pad, mode="circular")
     left, right, top, bottom = pad
     height, width = input.shape[-2:]
