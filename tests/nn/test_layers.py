@@ -208,7 +208,7 @@ def test_bcop_kernel_function_passes_gradcheck_and_double_backward() -> None:
 
 
 def test_bcop_kernel_takes_the_recorded_steps_under_transforms() -> None:
-    # vmap and forward-mode AD see the steps as differentiable operations, with the same values
+    # vmap, forward-mode AD and autocast see the steps as differentiable operations, with the same values
     torch.manual_seed(0)
     kernel = torch.randn(3, 4, 4, 1, 1)
     bases = torch.linalg.qr(torch.randn(3, 4, 4, 2)).Q
@@ -220,6 +220,12 @@ def test_bcop_kernel_takes_the_recorded_steps_under_transforms() -> None:
     _, expected_derivative = torch.func.jvp(lambda b: _bcop_kernel_by_steps(kernel, b), (bases,), (tangent,))
     torch.testing.assert_close(value, expected)
     torch.testing.assert_close(derivative, expected_derivative)
+    # under autocast the products run in its dtype, as the recorded steps decide
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = _bcop_kernel(kernel.requires_grad_(), bases)
+        expected = _bcop_kernel_by_steps(kernel, bases)
+    assert "_BCOPKernelBackward" not in graph_functions(autocast)
+    torch.testing.assert_close(autocast, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
