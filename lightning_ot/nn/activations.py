@@ -41,12 +41,17 @@ class _MaxMinFunction(Function):
     def setup_context(ctx: Any, inputs: tuple[Tensor, int], output: tuple[Tensor, Tensor]) -> None:
         _, keep = output
         ctx.mark_non_differentiable(keep)
+        ctx.set_materialize_grads(False)  # no tensor of zeros for the mask's unused gradient
         ctx.save_for_backward(keep)
         ctx.save_for_forward(keep)
         ctx.dim = inputs[1]
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, grad_keep: Tensor | None) -> tuple[Tensor, None]:
+    def backward(
+        ctx: Any, grad_output: Tensor | None, grad_keep: Tensor | None
+    ) -> tuple[Tensor | None, None]:
+        if grad_output is None:
+            return None, None
         (keep,) = ctx.saved_tensors
         return _select_halves(grad_output, keep, ctx.dim), None
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_ot.nn import (
     GlobalL2NormPool2d,
@@ -248,6 +251,28 @@ def test_max_min_backward_is_twice_differentiable() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(MaxMin(), (x,))
+
+
+def test_max_min_backward_fills_no_gradient_for_its_mask() -> None:
+    """The mask is an output autograd never differentiates: the backward writes no zeros for it."""
+
+    class RecordedOperations(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+        ) -> Any:
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(4, 6, requires_grad=True)
+    output = MaxMin()(x)
+    with RecordedOperations() as recorded:
+        output.backward(torch.ones_like(output))
+    assert not [name for name in recorded.names if name.startswith(("zeros", "zero_", "fill_"))]
+    torch.testing.assert_close(x.grad, torch.ones_like(x))
 
 
 def test_max_min_rejects_odd_channels() -> None:
