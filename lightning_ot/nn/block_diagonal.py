@@ -81,12 +81,11 @@ class BlockDiagonal(nn.Module):
                 f"BlockDiagonal expects {self.in_features} features ({self.split_sizes}) at dim {self.dim}, "
                 f"got input of shape {tuple(input.shape)}"
             )
-        outputs = []
-        start = 0
-        for block, size in zip(self.blocks, self.split_sizes, strict=True):
-            outputs.append(block(input.narrow(self.dim, start, size)))
-            start += size
-        return torch.cat(outputs, self.dim)
+        # split, not narrow: its backward concatenates the slices' gradients once, where each
+        # narrow's would write its own into a zero tensor of the input's size (indexed, not
+        # unpacked, so that torch.fx can trace it)
+        slices = input.split(self.split_sizes, self.dim)
+        return torch.cat([block(slices[index]) for index, block in enumerate(self.blocks)], self.dim)
 
     def extra_repr(self) -> str:
         return f"split_sizes={self.split_sizes}, dim={self.dim}"
