@@ -1,9 +1,10 @@
-"""Cost of ExplanationCallback on the quickstart recipe: epoch time with the callback versus without.
+"""Cost of ExplanationCallback on a recipe: epoch time with the callback versus without.
 
-    python benchmarks/explanation_overhead.py [--epochs 5] [--repeats 3] [--threads 1] [--metrics-every N]
+    python benchmarks/explanation_overhead.py [--recipe quickstart] [--epochs 5] [--repeats 3] [--threads 1]
+        [--metrics-every N]
 
-Each repeat trains the quickstart recipe (its W&B offline logger included) once without and once with
-the callback at its recipe settings, alternating which goes first. An epoch is timed from one
+Each repeat trains the recipe (quickstart by default; its W&B offline logger included) once without
+and once with the callback at its recipe settings, alternating which goes first. An epoch is timed from one
 ``on_train_epoch_start`` to the next (training, validation, logging, checkpointing: everything); the
 first epoch of each run is dropped as warm-up. Printed: median epoch time of each condition, their
 ratio, the mean time per epoch spent inside the callback over the median epoch time without it, the
@@ -108,11 +109,17 @@ def shares(epochs: list[float], callback: list[float]) -> list[float]:
     ]
 
 
-def run(with_callback: bool, epochs: int, workdir: Path, metrics_every: int | None = None) -> Timings:
+def run(
+    with_callback: bool,
+    epochs: int,
+    workdir: Path,
+    metrics_every: int | None = None,
+    recipe: str = "quickstart",
+) -> Timings:
     args = [
         "fit",
         "--config",
-        str(recipe_path("quickstart")),
+        str(recipe_path(recipe)),
         "--trainer.max_epochs",
         str(epochs),
         "--trainer.enable_progress_bar",
@@ -126,7 +133,7 @@ def run(with_callback: bool, epochs: int, workdir: Path, metrics_every: int | No
     trainer = cli.trainer
     explanation = next((c for c in trainer.callbacks if isinstance(c, ExplanationCallback)), None)
     if explanation is None:
-        raise RuntimeError("the quickstart recipe no longer registers ExplanationCallback")
+        raise RuntimeError(f"the {recipe} recipe registers no ExplanationCallback")
     if metrics_every is not None:
         explanation.metrics_every_n_epochs = metrics_every
     if not with_callback:
@@ -151,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--recipe", default="quickstart", help="a shipped recipe with the callback")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per condition")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -181,7 +189,9 @@ def main() -> None:
             for repeat in range(options.repeats):
                 order = (False, True) if repeat % 2 == 0 else (True, False)
                 for with_callback in order:
-                    timings = run(with_callback, options.epochs, Path(directory), options.metrics_every)
+                    timings = run(
+                        with_callback, options.epochs, Path(directory), options.metrics_every, options.recipe
+                    )
                     epochs[with_callback] += timings.epochs
                     cpu_epochs[with_callback] += timings.cpu_epochs
                     if with_callback:
