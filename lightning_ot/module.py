@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -61,7 +62,10 @@ class OTClassifier(pl.LightningModule):
         compile_backbone: compile the backbone with ``torch.compile`` (in place, so parameter names and
             checkpoints are unchanged): ``True``, or a dict of ``torch.compile`` keyword arguments
             (``mode``, ``backend``, ``dynamic``, ``fullgraph``). Only the backbone is compiled: the
-            loss, metrics and logging stay eager.
+            loss, metrics and logging stay eager. Compiled training forwards orthonormalize every
+            orthogonal weight with Björck's iteration at every step, even with ``retraction_steps``
+            (only eager forwards use retracted matrices as they are): with retraction, training
+            eagerly is the faster path (``benchmarks/compiled_training.py``); a warning says so.
         audit_lipschitz: at the start of fit, measure the backbone's Lipschitz constant empirically
             (gradient ascent on the first training batch, see :func:`~lightning_ot.nn.lipschitz_audit`)
             and refuse to train, with a ``ValueError``, a backbone that exceeds ``lipschitz``.
@@ -153,6 +157,14 @@ class OTClassifier(pl.LightningModule):
         if retraction_steps < 0:
             raise ValueError(f"`retraction_steps` must be >= 0 (0 never retracts), got {retraction_steps}")
         self.retraction_steps = int(retraction_steps)
+        if compile_backbone and self.retraction_steps:
+            rank_zero_warn(
+                "`compile_backbone` with `retraction_steps`: compiled training forwards orthonormalize "
+                "every orthogonal weight with Björck's iteration at every step; only eager forwards "
+                "use the retracted matrices as they are (on one CPU thread, mnist5k_fast's training "
+                "step took 32x longer compiled, 3.7x with torch.set_flush_denormal(True)). Train "
+                "eagerly to keep retraction's speed-up; see benchmarks/compiled_training.py."
+            )
         if not (straightness_weight >= 0 and math.isfinite(straightness_weight)):
             raise ValueError(f"`straightness_weight` must be a finite number >= 0, got {straightness_weight}")
         if not straightness_step > 0:

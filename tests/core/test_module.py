@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -196,6 +197,18 @@ def test_bad_constructor_arguments() -> None:
         OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_weight=-1.0)
     with pytest.raises(ValueError, match="straightness_step"):
         OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_step=0.0)
+
+
+def test_compiling_a_retracted_backbone_warns_that_training_forwards_orthonormalize() -> None:
+    """Retraction's speed-up is eager only: ``compile_backbone`` with ``retraction_steps`` says so."""
+    with pytest.warns(UserWarning, match="compiled training forwards orthonormalize"):
+        OTClassifier(
+            LipschitzMLP(4, 2, hidden_features=(4,)), num_classes=2, compile_backbone=True, retraction_steps=1
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*compiled training forwards orthonormalize")
+        OTClassifier(LipschitzMLP(4, 2, hidden_features=(4,)), num_classes=2, compile_backbone=True)
+        OTClassifier(LipschitzMLP(4, 2, hidden_features=(4,)), num_classes=2, retraction_steps=1)
 
 
 def test_the_straightness_penalty_is_added_to_the_training_loss_and_logged(tmp_path: Path) -> None:

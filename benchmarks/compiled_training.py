@@ -1,0 +1,108 @@
+"""Training step of a compiled backbone against the same backbone eager, both with retraction.
+
+    python benchmarks/compiled_training.py --threads 1
+    python benchmarks/compiled_training.py --threads 1 --backends aot_eager inductor --variant 512/3,6
+
+An eager training forward uses the raw matrices of the orthogonal layers as they are once a
+retraction has kept them near orthonormal (``OTClassifier(retraction_steps=1)``): no Björck step
+forward or backward. A compiled forward does not (the freshness of a retracted matrix is Python
+state that ``torch.compile`` would turn into a recompilation at every step), so it orthonormalizes
+every weight with Björck's iteration, forward and backward, at every step. This times the training
+step (forward, cross-entropy, backward, Adam, retraction) of the ``mnist5k_fast`` backbone (or
+``--variant``, as in ``tight_convnet_variants.py``) eager and compiled with each backend, after
+``--pretrain-steps`` Adam steps with retraction, and prints the medians, each backend's ratio to
+eager and the time of its first (compiling) step.
+
+On a CPU most of the compiled step is denormal arithmetic: near orthonormality the backward of the
+later Björck steps multiplies deviations so small that their products fall below float32's normal
+range, where a matrix product is some 30x slower. ``--flush-denormal`` sets
+``torch.set_flush_denormal(True)`` (flush them to zero) for the whole run, eager included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lipschitz_tax import pretrain, training_step
+from tight_convnet_variants import parse_variant
+
+from lightning_ot.models import NormPreservingConvNet
+
+
+def median_milliseconds(step: Callable[[], None], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variant", default="512x2/3,6", help="HIDDEN/STAGE_CONVS, default mnist5k_fast's")
+    parser.add_argument("--backends", nargs="+", default=["aot_eager", "inductor"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--pretrain-steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        parser.error("--flush-denormal: this CPU cannot flush denormal numbers")
+    try:
+        hidden_features, hidden_groups, stage_convs = parse_variant(args.variant)
+    except ValueError as error:
+        parser.error(str(error))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{args.variant}, after {args.pretrain_steps} Adam steps with retraction"
+        + (", denormals flushed to zero" if args.flush_denormal else "")
+    )
+    batch = torch.rand(args.batch_size, 1, 28, 28)
+    target = torch.randint(0, 10, (args.batch_size,))
+    results = {}
+    for backend in ["eager", *args.backends]:
+        torch.manual_seed(0)
+        model = NormPreservingConvNet(
+            1,
+            10,
+            28,
+            stage_convs=stage_convs,
+            kernel_size=(5, 3),
+            hidden_features=hidden_features,
+            hidden_groups=hidden_groups,
+        )
+        pretrain(model, (1, 28, 28), 10, args.pretrain_steps, 5e-3, retraction_steps=1)
+        if backend != "eager":
+            torch._dynamo.reset()
+            model.compile(backend=backend)
+        step = training_step(model, batch, target, retraction_steps=1)
+        start = time.perf_counter()
+        step()
+        first = time.perf_counter() - start
+        results[backend] = median_milliseconds(step, args.repeats, args.warmup)
+        print(f"  {backend:10s} {results[backend]:8.1f} ms/step (first step {first:.1f} s)")
+    for backend in args.backends:
+        print(f"  {backend} / eager: {results[backend] / results['eager']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
