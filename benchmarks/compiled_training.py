@@ -34,9 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lipschitz_tax import pretrain, training_step
-from tight_convnet_variants import parse_variant
-
-from lightning_ot.models import NormPreservingConvNet
+from tight_convnet_variants import parse_variant, variant_network
 
 
 def median_milliseconds(step: Callable[[], None], repeats: int, warmup: int) -> float:
@@ -69,8 +67,9 @@ def main() -> None:
         parser.error("--flush-denormal: this CPU cannot flush denormal numbers")
     try:
         hidden_features, hidden_groups, stage_convs = parse_variant(args.variant)
+        variant_network(hidden_features, hidden_groups, stage_convs)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(f"--variant {args.variant}: {error}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
         f"{args.variant}, after {args.pretrain_steps} Adam steps with retraction"
@@ -81,15 +80,7 @@ def main() -> None:
     results = {}
     for backend in ["eager", *args.backends]:
         torch.manual_seed(0)
-        model = NormPreservingConvNet(
-            1,
-            10,
-            28,
-            stage_convs=stage_convs,
-            kernel_size=(5, 3),
-            hidden_features=hidden_features,
-            hidden_groups=hidden_groups,
-        )
+        model = variant_network(hidden_features, hidden_groups, stage_convs)
         pretrain(model, (1, 28, 28), 10, args.pretrain_steps, 5e-3, retraction_steps=1)
         if backend != "eager":
             torch._dynamo.reset()

@@ -60,6 +60,22 @@ def parse_variant(text: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[in
     return hidden_features, hidden_groups, stage_convs
 
 
+def variant_network(
+    hidden_features: tuple[int, ...], hidden_groups: tuple[int, ...], stage_convs: tuple[int, ...]
+) -> NormPreservingConvNet:
+    """The mnist5k recipes' ``NormPreservingConvNet`` (1 x 28 x 28, ten outputs, kernel sizes 5 and 3)
+    with this head and these stages, as :func:`parse_variant` gives them."""
+    return NormPreservingConvNet(
+        1,
+        10,
+        28,
+        stage_convs=stage_convs,
+        kernel_size=(5, 3),
+        hidden_features=hidden_features,
+        hidden_groups=hidden_groups,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,15 +116,7 @@ def main() -> None:
     norms = {}
     for text, (hidden_features, hidden_groups, stage_convs) in variants.items():
         try:
-            model = NormPreservingConvNet(
-                1,
-                10,
-                28,
-                stage_convs=stage_convs,
-                kernel_size=(5, 3),
-                hidden_features=hidden_features,
-                hidden_groups=hidden_groups,
-            )
+            model = variant_network(hidden_features, hidden_groups, stage_convs)
         except ValueError as error:
             parser.error(f"--variants {text}: {error}")
         twin = unconstrained_twin(model)
