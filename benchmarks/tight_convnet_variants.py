@@ -7,8 +7,8 @@
 Each variant is ``HIDDEN/STAGE_CONVS``: the hidden widths of the head (comma-separated, empty for
 none: ``/3,6`` is a 784 -> 10 head), each optionally with ``xG`` for a layer of ``G`` diagonal blocks
 (``hidden_groups``: ``512x2`` is 784 -> 512 as two 392 -> 256 blocks), and the orthogonal
-convolutions per stage. The mnist5k recipe's backbone is ``512x2/3,6`` (kernel sizes 5 and 3); until
-2026-12-02 it was ``512/3,6``. Every variant is first trained for
+convolutions per stage. The mnist5k recipe's backbone is ``512/3,6`` and mnist5k_fast's
+``512x2/3,6`` (kernel sizes 5 and 3). Every variant is first trained for
 ``--pretrain-steps`` Adam steps with retraction after each step, as ``OTClassifier(retraction_steps=1)``
 trains, so that the timing is of a network in training, not at initialization. Then the training
 steps (forward, cross-entropy, backward, Adam, retraction) of every variant and of its plain twin
