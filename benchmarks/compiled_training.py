@@ -10,12 +10,13 @@ state that ``torch.compile`` would turn into a recompilation at every step), so 
 every weight with Björck's iteration, forward and backward, at every step. This times the training
 step (forward, cross-entropy, backward, Adam, retraction) of the ``mnist5k_fast`` backbone (or
 ``--variant``, as in ``tight_convnet_variants.py``) eager and compiled with each backend, after
-``--pretrain-steps`` Adam steps with retraction, and prints the medians, each backend's ratio to
-eager and the time of its first (compiling) step.
+``--pretrain-steps`` Adam steps with retraction. Each compiled network is timed against the eager one
+in the same rounds, called in turn (``lipschitz_tax.interleaved_times``); printed: the medians, the
+median of the per-round ratios with its quartiles, and the time of the first (compiling) step.
 
-On a CPU most of the compiled step is denormal arithmetic: near orthonormality the backward of the
-later Björck steps multiplies deviations so small that their products fall below float32's normal
-range, where a matrix product is some 30x slower. ``--flush-denormal`` sets
+On a CPU most of the compiled step is denormal arithmetic: the Björck steps run after the iteration
+has converged, forward and backward, multiply deviations from orthonormality so small that their
+products fall below float32's normal range, where a matrix product is some 30x slower. ``--flush-denormal`` sets
 ``torch.set_flush_denormal(True)`` (flush them to zero) for the whole run, eager included.
 """
 
@@ -25,7 +26,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,19 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lipschitz_tax import pretrain, training_step
+from lipschitz_tax import interleaved_times, paired_ratio, pretrain, training_step
 from tight_convnet_variants import parse_variant, variant_network
-
-
-def median_milliseconds(step: Callable[[], None], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -77,22 +66,29 @@ def main() -> None:
     )
     batch = torch.rand(args.batch_size, 1, 28, 28)
     target = torch.randint(0, 10, (args.batch_size,))
-    results = {}
-    for backend in ["eager", *args.backends]:
-        torch.manual_seed(0)
+
+    def network_in_training() -> torch.nn.Module:
+        torch.manual_seed(0)  # the same network and the same pretraining for every backend
         model = variant_network(hidden_features, hidden_groups, stage_convs)
         pretrain(model, (1, 28, 28), 10, args.pretrain_steps, 5e-3, retraction_steps=1)
-        if backend != "eager":
-            torch._dynamo.reset()
-            model.compile(backend=backend)
-        step = training_step(model, batch, target, retraction_steps=1)
-        start = time.perf_counter()
-        step()
-        first = time.perf_counter() - start
-        results[backend] = median_milliseconds(step, args.repeats, args.warmup)
-        print(f"  {backend:10s} {results[backend]:8.1f} ms/step (first step {first:.1f} s)")
+        return model
+
+    eager = training_step(network_in_training(), batch, target, retraction_steps=1)
     for backend in args.backends:
-        print(f"  {backend} / eager: {results[backend] / results['eager']:.1f}x")
+        torch._dynamo.reset()  # one compiled network at a time
+        model = network_in_training()
+        model.compile(backend=backend)
+        compiled = training_step(model, batch, target, retraction_steps=1)
+        start = time.perf_counter()
+        compiled()
+        first = time.perf_counter() - start
+        times = interleaved_times({"eager": eager, backend: compiled}, args.repeats, args.warmup)
+        ratio, low, high = paired_ratio(times[backend], times["eager"])
+        print(
+            f"  {backend:10s} {1000 * statistics.median(times[backend]):8.1f} ms/step, eager "
+            f"{1000 * statistics.median(times['eager']):6.1f} ms   ratio {ratio:.1f}x "
+            f"(quartiles {low:.1f}-{high:.1f}); first step {first:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ class OTClassifier(pl.LightningModule):
                 "`compile_backbone` with `retraction_steps`: compiled training forwards orthonormalize "
                 "every orthogonal weight with Björck's iteration at every step; only eager forwards "
                 "use the retracted matrices as they are (on one CPU thread, mnist5k_fast's training "
-                "step took 32x longer compiled, 3.7x with torch.set_flush_denormal(True)). Train "
+                "step took 33-37x longer compiled, 3.4-3.7x with torch.set_flush_denormal(True)). Train "
                 "eagerly to keep retraction's speed-up; see benchmarks/compiled_training.py."
             )
         if not (straightness_weight >= 0 and math.isfinite(straightness_weight)):
