@@ -53,19 +53,26 @@ def training_step(
     target: torch.Tensor,
     retraction_steps: int = 0,
     straightness_weight: float = 0.0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Callable[[], None]:
     """One training step (cross-entropy, Adam, then ``retraction_steps`` Björck steps), with
-    ``straightness_weight`` times :func:`~lightning_ot.losses.straightness_penalty` in the loss."""
+    ``straightness_weight`` times :func:`~lightning_ot.losses.straightness_penalty` in the loss;
+    with ``autocast_dtype`` (e.g. ``torch.bfloat16``) the forward and the loss run under
+    ``torch.autocast``, as Lightning's ``precision="bf16-mixed"`` runs them."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
+    device_type = batch.device.type
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         input = batch.detach().requires_grad_(True) if straightness_weight else batch
-        logits = model(input)
-        loss = F.cross_entropy(logits, target)
-        if straightness_weight:
-            loss = loss + straightness_weight * straightness_penalty(model, input, target, logits=logits)
+        with torch.autocast(
+            device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            logits = model(input)
+            loss = F.cross_entropy(logits.float(), target)
+            if straightness_weight:
+                loss = loss + straightness_weight * straightness_penalty(model, input, target, logits=logits)
         loss.backward()
         optimizer.step()
         if retraction_steps:
@@ -105,11 +112,12 @@ def pretrain(
     after every step (:func:`lightning_ot.nn.retract_weights_`), as ``OTClassifier`` does.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    device = next(model.parameters()).device
     model.train()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        batch = torch.rand(128, *input_shape)
-        F.cross_entropy(model(batch), torch.randint(0, num_outputs, (128,))).backward()
+        batch = torch.rand(128, *input_shape).to(device)
+        F.cross_entropy(model(batch), torch.randint(0, num_outputs, (128,)).to(device)).backward()
         optimizer.step()
         if retraction_steps:
             retract_weights_(model, retraction_steps)
