@@ -35,6 +35,7 @@ import io
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from lightning_ot._precision import ieee_float32
 from lightning_ot.data import IMAGE_EXTENSIONS, load_image, read_idx
 from lightning_ot.explain import (
     BoundarySearch,
@@ -445,7 +447,8 @@ def explain_inputs(
     bar = tqdm(total=len(images), unit="input", desc="explaining", disable=disable)
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
-        with explanation_mode(model, batch):
+        precision = ieee_float32() if getattr(model, "certify_in_float32", True) else nullcontext()
+        with explanation_mode(model, batch), precision:
             targets, count = _targets(model, batch, target)
             replaced += count
             explanation = explain(

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_ot._precision import ieee_float32
 from lightning_ot.losses import HKRLoss, SoftHKRLoss, straightness_penalty
 from lightning_ot.metrics import CertifiedRobustAccuracy, certified_radius, predicted_labels
 from lightning_ot.metrics.certification import OutputLipschitz
@@ -86,15 +87,15 @@ class OTClassifier(pl.LightningModule):
             per step. ``0`` (default) leaves it out.
         straightness_step: the move of that penalty, as a multiple of the first-order boundary
             distance (1 = the boundary).
-        certify_in_float32: under mixed precision (autocast), run the backbone in float32 in
-            validation, test and predict, whose logits give the certified radii and the certified
-            accuracy. A bf16 forward rounds every layer's output to 8 significant bits: on the
-            trained ``mnist5k_fast`` network and its 1,000 held-out digits, its radii were off by up
-            to 0.011 (1.2 % of the median radius) and 391 of them were larger than the exact ones,
-            which a certificate must never be; float32's were within 1e-6
-            (``benchmarks/gpu_checks.py``, section ``precision``). ``False`` certifies from the
-            low-precision forward (faster, approximate). Training forwards stay in the autocast
-            precision either way.
+        certify_in_float32: run the backbone in IEEE float32 in validation, test and predict, whose
+            logits give the certified radii and the certified accuracy: outside autocast under
+            mixed precision, and without the TF32 that PyTorch uses for float32 convolutions on
+            GPUs by default (11 significant bits). A bf16 forward keeps 8 significant bits of every
+            layer's output: on the trained ``mnist5k_fast`` network and its 1,000 held-out digits,
+            its radii were off by up to 0.011 (1.2 % of the median radius) and 391 of them were
+            larger than the exact ones, which a certificate must never be; float32's were within
+            1e-6 (``benchmarks/gpu_checks.py``, section ``precision``). ``False`` certifies from
+            the training precision (faster, approximate). Training forwards are unaffected.
 
     Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before
     the loss, the certificates and the metrics; training runs the backbone in low precision, and
@@ -193,10 +194,10 @@ class OTClassifier(pl.LightningModule):
 
     def _float32_logits(self, input: Tensor, certifying: bool = False) -> Tensor:
         """The backbone's logits, checked, in float32 when it ran in half precision (autocast); when
-        ``certifying`` (with ``certify_in_float32``) the backbone runs in float32 outside autocast."""
-        device_type = input.device.type
-        if certifying and self.certify_in_float32 and torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type, enabled=False):
+        ``certifying`` (with ``certify_in_float32``) the backbone runs in IEEE float32: outside
+        autocast, and without TF32 (see :func:`~lightning_ot._precision.ieee_float32`)."""
+        if certifying and self.certify_in_float32:
+            with torch.autocast(input.device.type, enabled=False), ieee_float32():
                 logits = self(input.float() if input.dtype in (torch.float16, torch.bfloat16) else input)
         else:
             logits = self(input)
@@ -293,9 +294,10 @@ class OTClassifier(pl.LightningModule):
         finally:
             for module, training in modes.items():
                 module.train(training)
-        report = lipschitz_audit(
-            self.backbone, tuple(starts.shape[1:]), starts, layers=False, ascent_steps=20
-        )
+        with ieee_float32():  # TF32's rounding would be measured as a Lipschitz constant above 1
+            report = lipschitz_audit(
+                self.backbone, tuple(starts.shape[1:]), starts, layers=False, ascent_steps=20
+            )
         measured = float(report.empirical or 0.0)
         if self._trainer is not None:
             reduced = self.trainer.strategy.reduce(

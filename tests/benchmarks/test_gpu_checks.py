@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCHMARKS / "gpu_checks.py"
 
 
+@pytest.mark.slow
 def test_every_section_runs_on_a_cpu_and_writes_its_figures(tmp_path: Path) -> None:
     figures = tmp_path / "gpu_checks.json"
     completed = subprocess.run(

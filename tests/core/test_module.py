@@ -110,6 +110,41 @@ def test_bf16_mixed_certifies_from_a_float32_forward(trained, tmp_path: Path) ->
         assert validated["bf16-mixed"][name] == validated["32-true"][name]
 
 
+class _PrecisionRecorder(nn.Module):
+    """A backbone that records, at each forward, the arithmetic it runs under."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.seen: set[tuple[bool, bool, str, bool]] = set()
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled(input.device.type)
+        self.seen.add(
+            (self.training, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision(), autocast)
+        )
+        return self.backbone(input)
+
+
+def test_certifying_forwards_leave_autocast_and_tf32_and_restore_the_settings(tmp_path: Path) -> None:
+    recorder = _PrecisionRecorder(LipschitzMLP(64, 10, hidden_features=(16,)))
+    model = OTClassifier(recorder, num_classes=10, audit_lipschitz=False)
+    previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("medium")  # what Lightning suggests on GPUs with tensor cores
+    try:
+        trainer = _trainer(
+            tmp_path, precision="bf16-mixed", max_epochs=1, limit_train_batches=2, limit_val_batches=1
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+        # training as configured; validation (sanity check and epoch end) in IEEE float32
+        assert recorder.seen == {(True, True, "medium", True), (False, False, "highest", False)}
+        assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == (True, "medium")
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous[0]
+        torch.set_float32_matmul_precision(previous[1])
+
+
 def test_checkpoint_reloads_with_identical_predictions_and_loss_state(trained) -> None:
     model, data, trainer, tmp_path = trained
     path = tmp_path / "final.ckpt"
@@ -356,3 +391,27 @@ def test_non_finite_images_are_reported_as_the_input_batch(tmp_path: Path, value
         ValueError, match=r"the training batch's input \(shape \(\d+, 1, 8, 8\)\) contains \d+ non-finite"
     ):
         _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=BrokenData())
+
+
+def test_ieee_float32_restores_the_settings_even_after_an_error() -> None:
+    from lightning_ot._precision import ieee_float32
+
+    def settings() -> tuple[bool, str]:
+        return torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+
+    def fail_inside() -> None:
+        with ieee_float32():
+            assert settings() == (False, "highest")
+            raise RuntimeError("inside")
+
+    previous = settings()
+    try:
+        for setting in ((True, "high"), (False, "medium"), (True, "highest"), (False, "highest")):
+            torch.backends.cudnn.allow_tf32 = setting[0]
+            torch.set_float32_matmul_precision(setting[1])
+            with pytest.raises(RuntimeError, match="inside"):
+                fail_inside()
+            assert settings() == setting
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous[0]
+        torch.set_float32_matmul_precision(previous[1])
