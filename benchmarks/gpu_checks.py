@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
+    if args.repeats < 2:
+        parser.error(f"--repeats must be >= 2 (the ratios' quartiles), got {args.repeats}")
     if args.fit_epochs < 1:
         parser.error(f"--fit-epochs must be >= 1, got {args.fit_epochs}")
     environment = {

@@ -91,3 +91,17 @@ def test_the_recipe_is_built_as_lightning_cli_builds_it() -> None:
     assert type(ours) is type(theirs)
     assert ours.defaults == theirs.defaults
     assert model.lr_scheduler_factory(ours).T_max == cli.model.lr_scheduler_factory(theirs).T_max
+
+
+def test_bad_options_are_refused_by_name() -> None:
+    for arguments, message in (
+        (["--repeats", "1"], "--repeats must be >= 2"),
+        (["--fit-epochs", "0"], "--fit-epochs must be >= 1"),
+        (["--sections", "speed"], "invalid choice: 'speed'"),
+    ):
+        completed = subprocess.run(
+            [sys.executable, str(SCRIPT), "--device", "cpu", *arguments],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert completed.returncode == 2
+        assert message in completed.stderr, completed.stderr
