@@ -184,6 +184,7 @@ class OTClassifier(pl.LightningModule):
         self.straightness_weight = float(straightness_weight)
         self.straightness_step = float(straightness_step)
         self.certify_in_float32 = bool(certify_in_float32)
+        self._warned_half_certificates = False
 
     # ----------------------------------------------------------------------------------------------
     # What a subclass overrides
@@ -196,9 +197,19 @@ class OTClassifier(pl.LightningModule):
         """The backbone's logits, checked, in float32 when it ran in half precision (autocast); when
         ``certifying`` (with ``certify_in_float32``) the backbone runs in IEEE float32: outside
         autocast, and without TF32 (see :func:`~lightning_ot._precision.ieee_float32`)."""
+        half = (torch.float16, torch.bfloat16)
         if certifying and self.certify_in_float32:
+            if torch.is_autocast_enabled(input.device.type) and input.dtype in half:
+                input = input.float()  # mixed precision: the weights are float32
+            elif input.dtype in half and not self._warned_half_certificates:
+                rank_zero_warn(
+                    f"the backbone certifies from {input.dtype} inputs (a half-precision network, e.g. "
+                    "`precision='bf16-true'`): its certified radii are approximate, off by about 1 % in "
+                    "bf16. Train with `precision='bf16-mixed'` for certificates from a float32 forward."
+                )
+                self._warned_half_certificates = True
             with torch.autocast(input.device.type, enabled=False), ieee_float32():
-                logits = self(input.float() if input.dtype in (torch.float16, torch.bfloat16) else input)
+                logits = self(input)
         else:
             logits = self(input)
         self._check_output(logits)

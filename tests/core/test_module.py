@@ -393,6 +393,16 @@ def test_non_finite_images_are_reported_as_the_input_batch(tmp_path: Path, value
         _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=BrokenData())
 
 
+def test_a_half_precision_network_still_validates_and_warns_that_its_certificates_are_approximate(
+    tmp_path: Path,
+) -> None:
+    model = OTClassifier(LipschitzMLP(64, 10, hidden_features=(16,)), num_classes=10)
+    trainer = _trainer(tmp_path, precision="bf16-true", limit_val_batches=1)
+    with pytest.warns(UserWarning, match="its certified radii are approximate"):
+        (metrics,) = trainer.validate(model, datamodule=DigitsDataModule(batch_size=32), verbose=False)
+    assert 0.0 <= metrics["val/certified_acc@0.1"] <= 1.0
+
+
 def test_ieee_float32_restores_the_settings_even_after_an_error() -> None:
     from lightning_ot._precision import ieee_float32
 
