@@ -7,6 +7,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
+from lightning_ot._precision import ieee_float32
 from lightning_ot.explain import (
     BoundarySearch,
     Explanation,
@@ -298,7 +300,9 @@ class ExplanationCallback(pl.Callback):
         radius_fn = getattr(pl_module, "certified_radius", None)
         with_metrics = self.compute_metrics and self._runs % self.metrics_every_n_epochs == 0
         self._runs += 1
-        with explanation_mode(model, inputs):
+        # its captions give certified radii: computed as the module certifies (no TF32)
+        precision = ieee_float32() if getattr(pl_module, "certify_in_float32", True) else nullcontext()
+        with explanation_mode(model, inputs), precision:
             explanation = explain(
                 model,
                 inputs,

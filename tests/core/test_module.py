@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lightning_ot import OTClassifier
+from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
 from lightning_ot.losses import HKRLoss, SoftHKRLoss
 from lightning_ot.models import LipschitzMLP
@@ -132,12 +133,20 @@ def test_certifying_forwards_leave_autocast_and_tf32_and_restore_the_settings(tm
     previous = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision("medium")  # what Lightning suggests on GPUs with tensor cores
+    explainer = ExplanationCallback(num_samples=2, compute_metrics=False)
     try:
         trainer = _trainer(
-            tmp_path, precision="bf16-mixed", max_epochs=1, limit_train_batches=2, limit_val_batches=1
+            tmp_path,
+            precision="bf16-mixed",
+            max_epochs=1,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            callbacks=[explainer],
         )
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
-        # training as configured; validation (sanity check and epoch end) in IEEE float32
+        assert explainer.last_explanation is not None
+        # training as configured; validation and the explanations (their captions give radii) in
+        # IEEE float32
         assert recorder.seen == {(True, True, "medium", True), (False, False, "highest", False)}
         assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == (True, "medium")
     finally:
