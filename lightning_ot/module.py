@@ -94,7 +94,8 @@ class OTClassifier(pl.LightningModule):
             layer's output: on the trained ``mnist5k_fast`` network and its 1,000 held-out digits,
             its radii were off by up to 0.011 (1.2 % of the median radius) and 391 of them were
             larger than the exact ones, which a certificate must never be; float32's were within
-            1e-6 (``benchmarks/gpu_checks.py``, section ``precision``). ``False`` certifies from
+            1e-6 (against the same weights in float64, the comparison of the ``precision`` section
+            of ``benchmarks/gpu_checks.py``). ``False`` certifies from
             the training precision (faster, approximate). Training forwards are unaffected.
 
     Under mixed precision (``Trainer(precision="bf16-mixed")``) the logits are cast to float32 before
