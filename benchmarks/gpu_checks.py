@@ -43,6 +43,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -306,6 +307,7 @@ def check_fit(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     recipe["model"]["init_args"]["lr_scheduler"]["init_args"]["T_max"] = epochs
     results: dict[str, Any] = {"epochs": epochs}
     precisions = ["32-true"] if args.quick else ["32-true", "bf16-mixed"]
+    root = tempfile.mkdtemp(prefix="gpu_checks-")
     for precision in precisions:
         pl.seed_everything(recipe.get("seed_everything", 0), verbose=False)
         model = instantiate(recipe["model"])
@@ -336,6 +338,7 @@ def check_fit(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
             callbacks=[*callbacks, timing],
             logger=False,
             enable_checkpointing=False,
+            default_root_dir=root,  # the callback's PNG grids go there, not into the working directory
             enable_progress_bar=False,
             enable_model_summary=False,
             limit_train_batches=2 if args.quick else None,
