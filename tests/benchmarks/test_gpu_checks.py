@@ -58,6 +58,13 @@ def test_every_section_runs_on_a_cpu_and_writes_its_figures(tmp_path: Path) -> N
     assert fit["validation"]["val/acc"] > 0.1  # two short epochs of two batches: above chance
     assert fit["gradient_norm"]["median"] > 0.999
     assert 0 < fit["explanation_share"] < 1
+    trained = fit["precision"]  # the trained network's radii on the held-out digits
+    assert trained["samples"] == 1000
+    assert trained["float32, TF32 off"]["largest_excess"] < 1e-5
+    assert (
+        trained["bf16 autocast"]["max_error_over_median_radius"]
+        > trained["float32, TF32 off"]["max_error_over_median_radius"]
+    )
 
 
 def test_the_recipe_is_built_as_lightning_cli_builds_it() -> None:
