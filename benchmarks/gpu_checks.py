@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import itertools
 import json
 import math
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.cli import instantiate_class
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -283,25 +283,21 @@ def check_compile(device: torch.device, args: argparse.Namespace) -> dict[str, A
 
 def instantiate(config: Any) -> Any:
     """Objects from a recipe's ``class_path`` / ``init_args`` dictionaries, recursively (what
-    LightningCLI does, without jsonargparse); an ``optimizer`` or ``lr_scheduler`` entry becomes the
-    callable that ``OTClassifier`` takes."""
+    LightningCLI does, without jsonargparse, through Lightning's own ``instantiate_class``); an
+    ``optimizer`` or ``lr_scheduler`` entry becomes the callable that ``OTClassifier`` takes."""
     if isinstance(config, list):
         return [instantiate(item) for item in config]
     if not isinstance(config, dict):
         return config
     if "class_path" not in config:
         return {key: instantiate(value) for key, value in config.items()}
-    module_name, _, class_name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    init_args = dict(config.get("init_args", {}))
-    callables = {}
-    for key in ("optimizer", "lr_scheduler"):
-        if isinstance(init_args.get(key), dict):
-            entry = init_args.pop(key)
-            inner_module, _, inner_name = entry["class_path"].rpartition(".")
-            inner = getattr(importlib.import_module(inner_module), inner_name)
-            callables[key] = functools.partial(inner, **entry.get("init_args", {}))
-    return cls(**{key: instantiate(value) for key, value in init_args.items()}, **callables)
+    init_args = {
+        key: functools.partial(instantiate_class, init=value)  # called with the parameters / optimizer
+        if key in ("optimizer", "lr_scheduler") and isinstance(value, dict)
+        else instantiate(value)
+        for key, value in config.get("init_args", {}).items()
+    }
+    return instantiate_class((), {"class_path": config["class_path"], "init_args": init_args})
 
 
 def check_fit(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:

@@ -214,9 +214,7 @@ class OTClassifier(pl.LightningModule):
         else:
             logits = self(input)
         self._check_output(logits)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        return logits
+        return logits.float() if logits.dtype in half else logits
 
     def compute_loss(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The loss to minimize under ``"loss"``, plus any components to log (``"kr"``, ``"hinge"``).
