@@ -180,7 +180,9 @@ def test_the_straight_recipe_is_mnist5k_with_the_penalty_a_wider_head_and_more_e
     base, straight = _parsed_config("mnist5k"), _parsed_config("mnist5k_straight")
     assert base["model"]["init_args"]["straightness_weight"] == 0.0
     assert straight["model"]["init_args"].pop("straightness_weight") == 50.0
+    assert straight["model"]["init_args"].pop("straightness_start_epoch") == 0.5  # the second half
     base["model"]["init_args"].pop("straightness_weight")
+    assert base["model"]["init_args"].pop("straightness_start_epoch") == 0
     assert base["model"]["init_args"]["backbone"]["init_args"].pop("hidden_features") == [512]
     assert straight["model"]["init_args"]["backbone"]["init_args"].pop("hidden_features") == [784, 512]
     assert (base["trainer"].pop("max_epochs"), straight["trainer"].pop("max_epochs")) == (80, 120)

@@ -275,6 +275,9 @@ def test_bad_constructor_arguments() -> None:
         OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_weight=-1.0)
     with pytest.raises(ValueError, match="straightness_step"):
         OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_step=0.0)
+    for start in (-1, 1.0, 1.5, -0.5, True, "2"):
+        with pytest.raises(ValueError, match="straightness_start_epoch"):
+            OTClassifier(nn.Linear(2, 1), num_classes=2, straightness_start_epoch=start)
 
 
 def test_compiling_a_retracted_backbone_warns_that_training_forwards_orthonormalize() -> None:
@@ -309,6 +312,54 @@ def test_the_straightness_penalty_is_added_to_the_training_loss_and_logged(tmp_p
     hkr = with_penalty["train/kr_epoch"], with_penalty["train/hinge_epoch"]
     expected = model.loss.hinge_weight * hkr[1] - hkr[0] + 5.0 * with_penalty["train/straightness_epoch"]
     assert with_penalty["train/loss_epoch"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("start", [2, 0.5])
+def test_the_straightness_penalty_starts_at_its_start_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: float
+) -> None:
+    """``straightness_start_epoch`` (an epoch, or a fraction of ``max_epochs``): the epochs before it
+    train without the penalty, the later ones with it."""
+    import lightning_ot.module as module
+
+    epochs_penalized: list[int] = []
+    penalty = module.straightness_penalty
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        epochs_penalized.append(model.current_epoch)
+        return penalty(*args, **kwargs)
+
+    monkeypatch.setattr(module, "straightness_penalty", spy)
+    pl.seed_everything(0)
+    model = OTClassifier(
+        LipschitzMLP(64, 10, hidden_features=(32,)),
+        num_classes=10,
+        straightness_weight=5.0,
+        straightness_start_epoch=start,
+        retraction_steps=1,
+    )
+    trainer = _trainer(tmp_path, max_epochs=4, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
+    assert epochs_penalized == [2, 2, 3, 3]  # two batches an epoch, from epoch 2 on
+    metrics = trainer.callback_metrics
+    hinge, kr = float(metrics["train/hinge_epoch"]), float(metrics["train/kr_epoch"])
+    expected = model.loss.hinge_weight * hinge - kr + 5.0 * float(metrics["train/straightness_epoch"])
+    assert float(metrics["train/loss_epoch"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_straightness_start_the_fit_never_reaches_warns_and_a_fraction_needs_max_epochs(
+    tmp_path: Path,
+) -> None:
+    def model(start: float) -> OTClassifier:
+        backbone = LipschitzMLP(64, 10, hidden_features=(16,))
+        return OTClassifier(backbone, num_classes=10, straightness_weight=5.0, straightness_start_epoch=start)
+
+    data = DigitsDataModule(batch_size=64)
+    with pytest.warns(UserWarning, match="will never be applied"):
+        _trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=1).fit(model(2), data)
+    no_epoch_limit = _trainer(tmp_path, max_epochs=-1, max_steps=2, limit_val_batches=1)
+    with pytest.raises(ValueError, match="fraction of `max_epochs`"):
+        no_epoch_limit.fit(model(0.5), data)
 
 
 def test_retraction_keeps_the_raw_weights_orthonormal_during_fit(tmp_path: Path) -> None:
