@@ -117,8 +117,8 @@ class StraightnessPenalty(nn.Module):
     straighten the network's gradient lines. On the ten-class ``mnist5k`` digits, weight 30 moved the
     share of held-out digits whose first-order transport of 1.1x flips the class from 7.4 % to 81.7 %,
     and weight 50 with a wider head to 90.6-94.9 %; applied only in the second half of the training
-    (``OTClassifier(straightness_start_epoch=0.5)``, the ``mnist5k_straight`` recipe), to 91.3-94.9 %
-    in three quarters of the time (``docs/reproduction.md``, "The straightness penalty").
+    (``OTClassifier(straightness_start_epoch=0.5)``, the ``mnist5k_straight`` recipe), to 91.3-95.2 %
+    over four seeds, in three quarters of the time (``docs/reproduction.md``, "The straightness penalty").
 
     Args:
         step: the move as a multiple of the first-order boundary distance (> 0).
