@@ -31,7 +31,6 @@ import argparse
 import base64
 import csv
 import html
-import io
 import math
 import sys
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from lightning_ot.explain import (
     BoundarySearch,
     Explanation,
     caption_lines,
+    encode_png,
     explain,
     explanation_mode,
     render_explanation,
@@ -310,11 +310,7 @@ def _targets(model: OTClassifier, inputs: Tensor, requested: int | None) -> tupl
 
 
 def _png(array: np.ndarray, path: Path | None = None) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    data = buffer.getvalue()
+    data = encode_png(array)
     if path is not None:
         path.write_bytes(data)
     return data

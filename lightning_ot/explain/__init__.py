@@ -8,6 +8,7 @@ from lightning_ot.explain.counterfactual import CounterfactualResult, counterfac
 from lightning_ot.explain.explanation import BoundarySearch, Certificate, Explanation, explain
 from lightning_ot.explain.visualize import (
     caption_lines,
+    encode_png,
     heatmap_panels,
     image_panels,
     render_explanation,
@@ -22,6 +23,7 @@ __all__ = [
     "caption_lines",
     "class_score",
     "counterfactual",
+    "encode_png",
     "explain",
     "explanation_mode",
     "heatmap_panels",

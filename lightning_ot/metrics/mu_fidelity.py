@@ -41,7 +41,8 @@ class MuFidelity(Metric):
         num_samples: random subsets per input (Xplique: 200).
         baseline: value of removed features (Xplique: 0).
         batch_size: perturbed inputs per forward pass.
-        seed: seed of the random subsets (reproducible values), None for torch's global generator.
+        seed: seed of the random subsets (reproducible values; :meth:`reseed` restarts
+            them), None for torch's global generator.
 
     Shape:
         - update: ``inputs`` (B, C, *S) or (B, D); ``explanations`` (B, *S), (B, 1, *S) or (B, C, *S)
@@ -96,6 +97,12 @@ class MuFidelity(Metric):
             "correlation_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def reseed(self) -> None:
+        """Restart the random draws from ``seed`` (nothing without one): after ``reset()``, the same
+        values again for the same inputs."""
+        if self._generator is not None:
+            self._generator.manual_seed(self.seed)
 
     def _random_masks(self, inputs: Tensor) -> Tensor:
         """(num_samples, B, N) True where a feature is removed."""

@@ -49,7 +49,8 @@ class AverageStability(Metric):
         distance: ``"l2"``, ``"l1"``, ``"squared_l2"`` or ``"spearman"``.
         noise: ``"two_sided"`` or ``"xplique"``, see above.
         batch_size: neighbours per explainer call.
-        seed: seed of the noise, None for torch's global generator.
+        seed: seed of the noise (:meth:`reseed` restarts the draws), None for torch's global
+            generator.
 
     Shape:
         - update: ``inputs`` (B, ...); optional ``target`` (B,) passed to the explainer (None lets the
@@ -107,6 +108,12 @@ class AverageStability(Metric):
         self._shared_noise: Tensor | None = None  # Xplique's: drawn once, for every input
         self.add_state("distance_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def reseed(self) -> None:
+        """Restart the random draws from ``seed`` (nothing without one): after ``reset()``, the same
+        values again for the same inputs."""
+        if self._generator is not None:
+            self._generator.manual_seed(self.seed)
 
     def _distances(self, reference: Tensor, others: Tensor) -> Tensor:
         """(B, S) distances between (B, N) reference explanations and (B, S, N) neighbours'."""

@@ -21,7 +21,7 @@ def test_prints_a_paired_ratio_for_each_path() -> None:
     assert completed.returncode == 0, completed.stderr
     # Any token as a number, so that an odd figure fails below with its line rather than going uncounted.
     ratios = re.findall(r"ratio (\S+)x \(quartiles (\S+?)-(\S+)\)", completed.stdout)
-    assert len(ratios) == 6, completed.stdout
+    assert len(ratios) == 7, completed.stdout
     for ratio, low, high in ratios:
         assert 0 < float(low) <= float(ratio) <= float(high), completed.stdout
     assert "1 thread(s)" in completed.stdout

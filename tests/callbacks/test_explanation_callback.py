@@ -7,9 +7,11 @@ import csv
 import math
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
@@ -17,7 +19,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning_ot import OTClassifier
 from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
-from lightning_ot.explain import saliency
+from lightning_ot.explain import caption_lines, explanation_mode, render_explanation, saliency
+from lightning_ot.metrics import AverageStability, MuFidelity
 from lightning_ot.models import LipschitzMLP
 from tests import wandb_records
 from tests.conftest import REPO_ROOT
@@ -189,6 +192,50 @@ def test_metrics_every_n_epochs_keeps_the_grid_and_figures_every_epoch(tmp_path)
         ExplanationCallback(metrics_every_n_epochs=0)
 
 
+def test_last_png_is_the_rendered_grid_and_metrics_draw_the_same_subsets_every_epoch(tmp_path):
+    from PIL import Image
+
+    callback = ExplanationCallback(
+        num_samples=4, clamp=(0.0, 1.0), mu_fidelity_samples=8, stability_samples=2
+    )
+    trainer = make_trainer(tmp_path, False, callback, max_epochs=3, limit_train_batches=2)
+    model = tiny_model()
+    trainer.fit(model, DigitsDataModule())
+    explanation = callback.last_explanation
+    grid = render_explanation(
+        explanation,
+        caption_lines(explanation, callback.labels),
+        value_range=callback.clamp,
+        panel_size=callback.panel_size,
+        colormap=callback.colormap,
+    )
+    (path,) = callback.last_image_paths
+    assert path.name == "fit-epoch=002-step=000005.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
+    # the third epoch's metrics are what fresh metrics with the callback's seed give
+    model.eval()
+    with explanation_mode(model):
+        fidelity = MuFidelity(model, num_samples=8, seed=callback.seed)
+        fidelity.update(explanation.inputs, explanation.saliency, explanation.prediction)
+        stability = AverageStability(partial(saliency, model), num_samples=2, seed=callback.seed)
+        stability.update(explanation.inputs, explanation.prediction, explanations=explanation.saliency)
+    assert callback.last_metrics["mu_fidelity"] == pytest.approx(float(fidelity.compute()), abs=1e-6)
+    assert callback.last_metrics["stability"] == pytest.approx(float(stability.compute()), rel=1e-5)
+
+
+def test_metrics_are_built_once_per_model_and_kept_on_its_device():
+    callback, model = ExplanationCallback(), tiny_model()
+    first = callback._metric_set(model, torch.device("cpu"))
+    assert callback._metric_set(model, torch.device("cpu")) is first  # reused epoch after epoch
+    # on the model's device (states on another device than the inputs would fail the first update)
+    moved = callback._metric_set(model, torch.device("meta"))
+    assert {metric.device.type for metric in moved.values()} == {"meta"}
+    assert all(
+        state.device.type == "meta" for metric in moved.values() for state in metric.metric_state.values()
+    )
+    assert callback._metric_set(tiny_model(), torch.device("cpu"))["deletion"] is not first["deletion"]
+
+
 def test_binary_model_and_bad_arguments(tmp_path):
     callback = ExplanationCallback(num_samples=4, compute_metrics=False)
     torch.manual_seed(0)
@@ -217,7 +264,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_ot import OTClassifier
 from lightning_ot.callbacks import ExplanationCallback
 from lightning_ot.data import DigitsDataModule
-from lightning_ot.explain import saliency
+from lightning_ot.explain import caption_lines, explanation_mode, render_explanation, saliency
+from lightning_ot.metrics import AverageStability, MuFidelity
 from lightning_ot.models import LipschitzMLP
 
 torch.set_num_threads(1)

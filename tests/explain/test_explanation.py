@@ -3,6 +3,7 @@ renderer lays it out; ``explanation_mode`` caches third-party parametrizations o
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from torch.nn.utils import parametrize
 
 from lightning_ot.explain import (
     counterfactual,
+    encode_png,
     explain,
     explanation_mode,
     heatmap_panels,
@@ -185,6 +187,42 @@ def test_grid_layout_and_errors():
         render_grid([torch.rand(3, 3, 8, 8)])
     with pytest.raises(ValueError, match="same"):
         render_grid([inputs, image_panels(torch.rand(2, 1, 8, 8))])
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (6, 4, 3), (3, 9, 4), (1, 1, 3)])
+def test_encoded_png_reads_back_exactly_with_pillow(shape):
+    from PIL import Image
+
+    image = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encode_png(image)))
+    assert decoded.mode == ("L" if len(shape) == 2 else {3: "RGB", 4: "RGBA"}[shape[2]])
+    np.testing.assert_array_equal(np.asarray(decoded), image)
+    # a view with strides (a rendered grid's crop) encodes as its copy does
+    strided = np.random.default_rng(1).integers(0, 256, size=(8, 10, 3), dtype=np.uint8)[::2, 1::3]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(strided)))), strided)
+
+
+def test_encoded_grid_compresses_and_bad_images_are_named():
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = LipschitzMLP(64, 3, hidden_features=(16,)).eval()
+    grid = render_explanation(explain(model, torch.rand(4, 1, 8, 8)), panel_size=48)
+    for level in (0, 1, 9):
+        data = encode_png(grid, compress_level=level)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), grid)
+    assert len(encode_png(grid)) < grid.nbytes / 5  # enlarged panels and flat colours deflate well
+    assert len(encode_png(grid, compress_level=9)) < len(encode_png(grid, compress_level=0))
+    with pytest.raises(TypeError, match="uint8"):
+        encode_png(grid.astype(np.float32))
+    with pytest.raises(TypeError, match="uint8"):
+        encode_png(torch.from_numpy(grid))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        encode_png(grid[:, :, :2])
+    with pytest.raises(ValueError, match="non-empty"):
+        encode_png(grid[:0])
+    with pytest.raises(ValueError, match="compress_level"):
+        encode_png(grid, compress_level=10)
 
 
 def test_rendered_explanation_has_one_row_per_sample_and_a_column_per_view():

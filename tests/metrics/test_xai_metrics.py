@@ -284,3 +284,25 @@ def test_the_model_is_not_a_submodule_of_the_metric():
     assert set(metric.state_dict()) <= {"curve_sum", "count"}
     metric.reset()
     assert metric.count == 0
+
+
+def test_reseed_repeats_the_random_draws_after_reset():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Tanh(), nn.Linear(3, 3))
+    inputs, explanations = torch.rand(4, 1, 4, 4), torch.randn(4, 4, 4)
+    explainer = partial(saliency, model)
+    for metric, update in (
+        (MuFidelity(model, grid_size=4, num_samples=8, seed=3), lambda m: m.update(inputs, explanations)),
+        (AverageStability(explainer, num_samples=3, seed=3), lambda m: m.update(inputs)),
+    ):
+        update(metric)
+        first = metric.compute()
+        metric.reset()
+        update(metric)  # the draws go on: other subsets, other noise
+        assert metric.compute() != first
+        metric.reset()
+        metric.reseed()
+        update(metric)
+        assert metric.compute() == first
+    MuFidelity(model).reseed()  # without a seed: nothing to restart, torch's generator goes on
+    AverageStability(explainer).reseed()
