@@ -176,7 +176,7 @@ def main() -> None:
         f"PNG of the quickstart's explanation grid {grid.shape[1]} x {grid.shape[0]}, zlib level 1",
         lambda: encode_png(grid),
         pillow_png,
-        args.rounds // 8,
+        max(2, args.rounds // 8),
     )
     print(f"  PNG sizes: {len(encode_png(grid)) / 1e3:.1f} kB against {len(pillow_png()) / 1e3:.1f} kB")
 
