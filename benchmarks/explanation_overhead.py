@@ -11,34 +11,81 @@ ratio, the mean time per epoch spent inside the callback over the median epoch t
 median over epochs of the callback's time over the rest of the same epoch (both taken under the same
 load), the same two in CPU time of the main thread (what the process itself computed, the least
 sensitive to other processes on a shared machine), and a paired estimate that also counts any cost
-outside the callback's own hooks (the machine is shared: read ratios, not absolute times).
+outside the callback's own hooks (the machine is shared: read ratios, not absolute times). Last,
+where the callback's time goes: the median time per run of each of its parts (``explain()``, the
+XAI metrics, the grid, the PNG, W&B's ``log_image``, Lightning's ``log_dict`` of its figures).
 Target: time inside the callback under 5 % of an epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 
+import lightning_ot.callbacks.explanation as explanation_module  # noqa: E402
 from lightning_ot.callbacks import ExplanationCallback  # noqa: E402
 from lightning_ot.fit import OTLightningCLI  # noqa: E402
 from lightning_ot.module import OTClassifier  # noqa: E402
 from lightning_ot.recipes import recipe_path  # noqa: E402
 
 TARGET = 0.05
+
+
+# (owner, attribute, name of the part): what the callback calls, timed where it is looked up
+PARTS = (
+    (explanation_module, "explain", "explain()"),
+    (ExplanationCallback, "_metrics", "XAI metrics"),
+    (explanation_module, "render_explanation", "grid"),
+    (explanation_module, "encode_png", "PNG"),
+    (WandbLogger, "log_image", "W&B log_image"),
+    (pl.LightningModule, "log_dict", "Lightning log_dict"),
+)
+
+
+@contextmanager
+def timed_parts(seconds: dict[str, list[float]], inside: Callable[[], bool]) -> Iterator[None]:
+    """Record into ``seconds[part]`` the time of each call of the callback's parts (the calls made
+    while ``inside()``, i.e. from within its hook: the module's own ``log_dict`` calls are not counted)."""
+    originals = [(owner, attribute, owner.__dict__[attribute]) for owner, attribute, _ in PARTS]
+
+    def timing(function: Callable[..., Any], part: str) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not inside():
+                return function(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[part].append(time.perf_counter() - start)
+
+        return timed
+
+    try:
+        for (owner, attribute, original), (_, _, part) in zip(originals, PARTS, strict=True):
+            setattr(owner, attribute, timing(original, part))
+        yield
+    finally:
+        for owner, attribute, original in originals:
+            setattr(owner, attribute, original)
 
 
 class EpochTimer(pl.Callback):
@@ -51,13 +98,19 @@ class EpochTimer(pl.Callback):
         self.end = self.cpu_end = 0.0
         self.callback_seconds: list[float] = []
         self.callback_cpu_seconds: list[float] = []
+        self.inside = False  # within the explanation callback's hook (not in sanity checking)
+        self.part_seconds: dict[str, list[float]] = defaultdict(list)
         if explanation is not None:
             hook = explanation.on_validation_epoch_end
 
             def timed(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
                 explanation.last_run_seconds = None
                 start, cpu_start = time.perf_counter(), time.thread_time()
-                hook(trainer, pl_module)
+                self.inside = not trainer.sanity_checking
+                try:
+                    hook(trainer, pl_module)
+                finally:
+                    self.inside = False
                 if trainer.sanity_checking:
                     return
                 ran = explanation.last_run_seconds is not None  # 0 for the epochs the callback skips
@@ -100,6 +153,7 @@ class Timings(NamedTuple):
     callback: list[float]
     cpu_epochs: list[float]
     cpu_callback: list[float]
+    parts: dict[str, list[float]]  # seconds of each call of each part, the first run's dropped
 
 
 def shares(epochs: list[float], callback: list[float]) -> list[float]:
@@ -141,7 +195,8 @@ def run(
         explanation = None
     timer = EpochTimer(explanation)
     trainer.callbacks.append(timer)
-    trainer.fit(cli.model, cli.datamodule)
+    with timed_parts(timer.part_seconds, lambda: timer.inside):
+        trainer.fit(cli.model, cli.datamodule)
     for logger in trainer.loggers:
         finish = getattr(getattr(logger, "experiment", None), "finish", None)
         if callable(finish):
@@ -151,6 +206,7 @@ def run(
         timer.callback_seconds[1:],
         timer.epoch_seconds(cpu=True),
         timer.callback_cpu_seconds[1:],
+        {part: calls[1:] for part, calls in timer.part_seconds.items()},
     )
 
 
@@ -182,6 +238,7 @@ def main() -> None:
     paired: list[float] = []
     wall_shares: list[float] = []
     cpu_shares: list[float] = []
+    parts: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as directory:
         previous = Path.cwd()
         os.chdir(directory)  # W&B offline runs and logs go to the temporary directory
@@ -200,6 +257,8 @@ def main() -> None:
                         paired += paired_differences(timings.epochs, timings.callback)
                         wall_shares += shares(timings.epochs, timings.callback)
                         cpu_shares += shares(timings.cpu_epochs, timings.cpu_callback)
+                        for part, calls in timings.parts.items():
+                            parts[part] += calls
                     label = "with   " if with_callback else "without"
                     listed = ", ".join(f"{d:.2f}" for d in timings.epochs)
                     print(f"repeat {repeat} {label}: epochs {listed} s")
@@ -245,6 +304,13 @@ def main() -> None:
     for name, share in (("wall-clock", inside / without), ("CPU", cpu_inside / cpu_without)):
         verdict = "meets" if share < TARGET else "misses"
         print(f"target < {100 * TARGET:.0f} % (callback {name} time per epoch, mean): {verdict} it")
+    if parts:
+        print("where the callback's time goes (median of each call, ms; calls per run):")
+        runs = max(1, sum(1 for value in callback_seconds if value > 0))
+        for _, _, part in PARTS:
+            if parts.get(part):
+                calls = parts[part]
+                print(f"  {part:20s} {1e3 * statistics.median(calls):7.2f}   ({len(calls) / runs:.1f})")
 
 
 if __name__ == "__main__":
