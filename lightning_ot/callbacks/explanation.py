@@ -210,6 +210,7 @@ class ExplanationCallback(pl.Callback):
         self._runs = 0
         self._warned_not_images = False
         self._metrics_model: Any = None
+        self._metrics_settings: tuple[int, int, int] | None = None
         self._metrics_by_name: dict[str, Metric] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -351,8 +352,10 @@ class ExplanationCallback(pl.Callback):
         return {name: float(metric.compute()) for name, metric in metrics.items()}
 
     def _metric_set(self, model: Any, device: torch.device) -> dict[str, Metric]:
-        """The XAI metrics of ``model``, built once (about 0.3 ms each) and kept on ``device``."""
-        if self._metrics_model is not model:
+        """The XAI metrics of ``model`` at the current settings, built once per ``fit`` or
+        ``validate`` (about 0.3 ms each) and kept on ``device``."""
+        settings = (self.seed, self.mu_fidelity_samples, self.stability_samples)
+        if self._metrics_model is not model or self._metrics_settings != settings:
             options = {"sync_on_compute": False}  # rank 0 alone: a sync would wait for the other ranks
             self._metrics_by_name = {
                 "deletion": Deletion(model, **options),
@@ -365,7 +368,7 @@ class ExplanationCallback(pl.Callback):
                 ),
                 "sparseness": Sparseness(**options),
             }
-            self._metrics_model = model
+            self._metrics_model, self._metrics_settings = model, settings
         for name, metric in self._metrics_by_name.items():
             if metric.device != device:
                 self._metrics_by_name[name] = metric.to(device)
@@ -415,6 +418,10 @@ class ExplanationCallback(pl.Callback):
                 key, [str(png_dirs[index] / "explanations" / name)], step=step, caption=[caption]
             )
         self.last_image_paths = written
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The metrics hold the model and the settings of this run: the next run builds its own.
+        self._metrics_model, self._metrics_settings, self._metrics_by_name = None, None, {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "labels": self.labels}

@@ -198,7 +198,7 @@ def test_last_png_is_the_rendered_grid_and_metrics_draw_the_same_subsets_every_e
     callback = ExplanationCallback(
         num_samples=4, clamp=(0.0, 1.0), mu_fidelity_samples=8, stability_samples=2
     )
-    trainer = make_trainer(tmp_path, False, callback, max_epochs=3, limit_train_batches=2)
+    trainer = make_trainer(tmp_path, False, callback, max_epochs=2, limit_train_batches=2)
     model = tiny_model()
     trainer.fit(model, DigitsDataModule())
     explanation = callback.last_explanation
@@ -210,17 +210,25 @@ def test_last_png_is_the_rendered_grid_and_metrics_draw_the_same_subsets_every_e
         colormap=callback.colormap,
     )
     (path,) = callback.last_image_paths
-    assert path.name == "fit-epoch=002-step=000005.png"
+    assert path.name == "fit-epoch=001-step=000003.png"
     np.testing.assert_array_equal(np.asarray(Image.open(path)), grid)
-    # the third epoch's metrics are what fresh metrics with the callback's seed give
+    # The second epoch's metrics are a fresh metric's first draws with the callback's seed, not the
+    # draws that follow them (what the second run would draw without its reseed): the two differ.
     model.eval()
+    fidelity = MuFidelity(model, num_samples=8, seed=callback.seed)
+    stability = AverageStability(partial(saliency, model), num_samples=2, seed=callback.seed)
+    draws: dict[str, list[float]] = {"mu_fidelity": [], "stability": []}
     with explanation_mode(model):
-        fidelity = MuFidelity(model, num_samples=8, seed=callback.seed)
-        fidelity.update(explanation.inputs, explanation.saliency, explanation.prediction)
-        stability = AverageStability(partial(saliency, model), num_samples=2, seed=callback.seed)
-        stability.update(explanation.inputs, explanation.prediction, explanations=explanation.saliency)
-    assert callback.last_metrics["mu_fidelity"] == pytest.approx(float(fidelity.compute()), abs=1e-6)
-    assert callback.last_metrics["stability"] == pytest.approx(float(stability.compute()), rel=1e-5)
+        for _ in range(2):
+            fidelity.reset()
+            stability.reset()
+            fidelity.update(explanation.inputs, explanation.saliency, explanation.prediction)
+            stability.update(explanation.inputs, explanation.prediction, explanations=explanation.saliency)
+            draws["mu_fidelity"].append(float(fidelity.compute()))
+            draws["stability"].append(float(stability.compute()))
+    for name, (first, following) in draws.items():
+        assert callback.last_metrics[name] == pytest.approx(first, rel=1e-5, abs=1e-6), name
+        assert following != pytest.approx(first, rel=1e-5, abs=1e-6), name
 
 
 def test_metrics_are_built_once_per_model_and_kept_on_its_device():
@@ -234,6 +242,19 @@ def test_metrics_are_built_once_per_model_and_kept_on_its_device():
         state.device.type == "meta" for metric in moved.values() for state in metric.metric_state.values()
     )
     assert callback._metric_set(tiny_model(), torch.device("cpu"))["deletion"] is not first["deletion"]
+    # new settings build new metrics
+    callback.mu_fidelity_samples, callback.seed = 5, 7
+    fidelity = callback._metric_set(model, torch.device("cpu"))["mu_fidelity"]
+    assert (fidelity.num_samples, fidelity.seed) == (5, 7)
+
+
+def test_the_metrics_are_released_at_the_end_of_the_run(tmp_path):
+    callback = ExplanationCallback(num_samples=3, mu_fidelity_samples=4, stability_samples=1)
+    trainer = make_trainer(tmp_path, False, callback, max_epochs=1, limit_train_batches=1)
+    trainer.fit(tiny_model(), DigitsDataModule())
+    assert "mu_fidelity" in callback.last_metrics
+    assert callback._metrics_by_name == {}
+    assert callback._metrics_model is None
 
 
 def test_binary_model_and_bad_arguments(tmp_path):
